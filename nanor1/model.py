@@ -1,0 +1,271 @@
+"""The Qwen transformer (Qwen2, Qwen2.5, Qwen3 dense), written to read like the architecture.
+
+    tokens -> embed_tokens -> [Block] x L -> norm -> lm_head -> logits
+    Block:  x = x + Attention(RMSNorm(x));  x = x + MLP(RMSNorm(x))
+    Attention: q, k, v projections (Qwen2: with bias; Qwen3: RMSNorm on each head of q and k), rotary
+               position embedding, grouped-query attention (K kv heads shared by H query heads), o_proj.
+    MLP: down(silu(gate(x)) * up(x)).
+
+Parameter names are the Hugging Face ones (`model.layers.0.self_attn.q_proj.weight`, ...), so loading a
+checkpoint is an identity copy plus checks (nanor1/weights.py).
+
+Shape legend used in comments: B batch, T time, H query heads, K kv heads, D head dim, C model dim,
+V vocab, S cache length.
+
+There is exactly one entry point, `forward`, because FSDP2 hooks only `forward`: every caller (training,
+prefill, cached decoding, per-token log-probs) goes through it. What it returns depends on what is asked:
+
+    | call                                   | returns                                              |
+    |----------------------------------------|------------------------------------------------------|
+    | forward(ids)                           | logits (B, T, V)                                     |
+    | forward(ids, return_hidden=True)       | final-norm hidden states (B, T, C)                   |
+    | forward(ids, targets=tgt, temperature) | (logp, entropy), each (B, T) float32, of             |
+    |                                        | log_softmax(logits / temperature) at tgt; the (N, V) |
+    |                                        | logits are never materialised (kernels/logprob.py)   |
+    | forward(ids, kv_cache=cache)           | next-token logits (B, V) at each row's last new      |
+    |                                        | token; the cache is written and its lengths advanced |
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    """Built from a checkpoint's config.json by nanor1.weights.load_config; no field is derived silently."""
+    model_type: str  # "qwen2" (QKV bias) or "qwen3" (QK-norm)
+    vocab_size: int  # V: rows of the embedding (151936 for Qwen2.5; the tokenizer uses fewer)
+    hidden_size: int  # C
+    intermediate_size: int  # MLP width
+    num_hidden_layers: int  # L
+    num_attention_heads: int  # H
+    num_key_value_heads: int  # K (H % K == 0)
+    head_dim: int  # D: explicit in Qwen3, where it need not equal C / H
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int  # the context length the model was trained for
+    tie_word_embeddings: bool  # lm_head shares the embedding matrix
+    attention_bias: bool  # bias on q/k/v projections (Qwen2: True, Qwen3: False)
+    qk_norm: bool  # RMSNorm over each head of q and k before rope (Qwen3)
+    raw: dict = field(default_factory=dict, repr=False)  # the config.json as read, written back on save
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # Normalise in fp32 (a bf16 mean of squares loses digits), cast back, then scale: the order HF uses,
+        # so bf16 results match bit for bit.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(position_ids, head_dim: int, theta: float, dtype):
+    """cos, sin of shape (B, T, D) for integer positions (B, T). Angles in fp32, as HF computes them."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device)
+                                .float() / head_dim))  # (D/2,)
+    angles = position_ids.float()[..., None] * inv_freq  # (B, T, D/2)
+    emb = torch.cat([angles, angles], dim=-1)  # (B, T, D): the two halves rotate together
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate pairs (x_i, x_{i+D/2}) by the position's angle. x (B, H, T, D), cos/sin (B, T, D)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+class KVCache:
+    """A static, preallocated cache: one (B, K, S, D) key and value buffer per layer, plus the number of
+    valid positions of each row. Slots at or past a row's length hold garbage (never zeroed, maybe NaN):
+    attention masks them with `where`, never with a multiply (0 x NaN is NaN)."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, dtype, device):
+        shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.k = torch.empty(shape, dtype=dtype, device=device)  # (L, B, K, S, D)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
+        self.max_len = max_len
+
+    def select(self, rows):
+        """Keep (and reorder / repeat) the given batch rows: compaction after sequences finish, and the
+        fan-out of one prefilled prompt into the G samples of its group."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.lengths = self.lengths[rows]
+
+
+def cached_attention(q, k_new, v_new, cache: KVCache, layer: int, start):
+    """Write this step's keys/values into the cache, then attend over the cache.
+    q (B, H, T, D), k_new/v_new (B, K, T, D), start (B,): where each row's new tokens begin."""
+    B, H, T, D = q.shape
+    K = k_new.shape[1]
+    k_cache, v_cache = cache.k[layer], cache.v[layer]  # (B, K, S, D) views into the big buffer
+    pos = start[:, None] + torch.arange(T, device=q.device)  # (B, T) cache slots written now
+    index = pos[:, None, :, None].expand(B, K, T, D)
+    k_cache.scatter_(2, index, k_new)
+    v_cache.scatter_(2, index, v_new)
+    if T == 1:  # decoding: one query per row over its cache (the Triton decode kernel on CUDA)
+        from kernels.decode_attention import decode_attention
+        return decode_attention(q[:, :, 0], k_cache, v_cache, start + 1)[:, :, None]  # (B, H, 1, D)
+    # Prefill: attend causally over slots [0, start + t]. Slots beyond are garbage for this query.
+    S = int(pos.max()) + 1
+    keys = torch.arange(S, device=q.device)
+    allowed = keys[None, None, :] <= pos[:, :, None]  # (B, T, S)
+    valid = (keys[None, :] <= pos[:, -1:])[:, None, :, None]  # (B, 1, S, 1): slots some query may read
+    k = torch.where(valid, k_cache[:, :, :S], 0).repeat_interleave(H // K, dim=1)  # (B, H, S, D)
+    v = torch.where(valid, v_cache[:, :, :S], 0).repeat_interleave(H // K, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer  # which slice of the KV cache is ours
+        self.n_head, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        C, H, K, D = cfg.hidden_size, self.n_head, self.n_kv, self.head_dim
+        self.q_proj = nn.Linear(C, H * D, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(C, K * D, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(C, K * D, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(H * D, C, bias=False)
+        if cfg.qk_norm:  # Qwen3: one RMSNorm over D, shared by all heads
+            self.q_norm = RMSNorm(D, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
+        self.qk_norm = cfg.qk_norm
+
+    def forward(self, x, cos, sin, attn_mask=None, kv_cache=None, start=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)  # (B, T, K, D)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|K, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            y = cached_attention(q, k, v, kv_cache, self.layer, start)
+        elif attn_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, H*D) -> (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, attn_mask=None, kv_cache=None, start=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, kv_cache, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """HF's `model.` prefix: embedding, blocks, final norm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList([Block(cfg, i) for i in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.gradient_checkpointing = False  # recompute each block in backward (activation memory / L)
+        self.logprob_impl = "auto"  # kernels/logprob.py: Triton on CUDA, chunked torch elsewhere
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=torch.bfloat16, device="cpu"):
+        """Load a HF-layout folder (config.json + model.safetensors or a sharded index)."""
+        from nanor1.weights import load_pretrained
+        return load_pretrained(cls, path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path, state_dict=None):
+        """Write config.json + model.safetensors that transformers loads. Pass a gathered `state_dict`
+        when the parameters are sharded (FSDP)."""
+        from nanor1.weights import save_pretrained
+        save_pretrained(self, path, state_dict=state_dict)
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None, kv_cache: Optional[KVCache] = None,
+                return_hidden=False, targets=None, temperature=1.0):
+        """input_ids (B, T). attention_mask (B, T), 1 for real tokens: any padding side without a cache; with
+        a cache, right padding (row b's new tokens are its first mask[b].sum() ones). See the module
+        docstring for what is returned."""
+        B, T = input_ids.shape
+        start = None
+        if kv_cache is not None:
+            start = kv_cache.lengths  # (B,) first free slot of each row
+            if int(start.max()) + T > kv_cache.max_len:
+                raise ValueError(f"KV cache overflow: {int(start.max())} + {T} tokens > {kv_cache.max_len} slots")
+            if position_ids is None:
+                position_ids = start[:, None] + torch.arange(T, device=input_ids.device)
+            attn_mask = None
+        else:
+            if position_ids is None:
+                if attention_mask is None:
+                    position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+                else:  # count only real tokens, so a left-padded row gets the positions it has unpadded
+                    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            attn_mask = None
+            if attention_mask is not None:
+                causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+                attn_mask = causal & attention_mask.bool()[:, None, :]  # (B, T, T): causal, real keys only
+                # A padding query with no real key before it would softmax over nothing (NaN): let it see itself.
+                attn_mask = (attn_mask | torch.eye(T, dtype=torch.bool, device=input_ids.device))[:, None]
+
+        x = self.model.embed_tokens(input_ids)  # (B, T, C)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for block in self.model.layers:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, attn_mask, kv_cache, start)
+        x = self.model.norm(x)  # (B, T, C)
+
+        if kv_cache is not None:
+            n_new = attention_mask.long().sum(-1) if attention_mask is not None else torch.full_like(start, T)
+            kv_cache.lengths = start + n_new
+            last = x[torch.arange(B, device=x.device), n_new - 1]  # (B, C) each row's last new token
+            return self.lm_head(last)  # (B, V)
+        if return_hidden:
+            return x
+        if targets is not None:
+            from kernels.logprob import linear_logprob
+            # autocast does not reach a custom autograd Function: cast the (fp32 master) weight to the
+            # compute dtype here, differentiably, as F.linear under autocast would.
+            weight = self.lm_head.weight.to(x.dtype)
+            logp, entropy = linear_logprob(x.reshape(B * T, -1), weight, targets.reshape(B * T), temperature,
+                                           return_entropy=True, impl=self.logprob_impl)
+            return logp.view(B, T), entropy.view(B, T)
+        return self.lm_head(x)  # (B, T, V)

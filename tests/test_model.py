@@ -1,0 +1,198 @@
+"""The model against transformers on tiny random Qwen checkpoints written by transformers itself."""
+import json
+
+import pytest
+import torch
+
+from nanor1.model import Transformer
+from nanor1.weights import load_config
+
+transformers = pytest.importorskip("transformers")
+
+
+def hf_tiny(tmp_path, kind="qwen2", tied=True, kv_heads=2, head_dim=None, max_shard_size=None, **kw):
+    """A random HF model saved with save_pretrained; returns (folder, hf_model)."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=128,
+                  tie_word_embeddings=tied, rms_norm_eps=1e-6, **kw)
+    if kind == "qwen2":
+        cfg = transformers.Qwen2Config(**common)
+        model = transformers.Qwen2ForCausalLM(cfg)
+    else:
+        cfg = transformers.Qwen3Config(head_dim=head_dim or 16, **common)
+        model = transformers.Qwen3ForCausalLM(cfg)
+    # Random biases and norm weights, so that a missing bias or a norm applied on the wrong axis shows.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.normal_(0.0 if name.endswith("bias") else 1.0, 0.1)
+    model = model.float().eval()
+    folder = tmp_path / "hf"
+    model.save_pretrained(folder, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    return folder, model
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("case", [
+    dict(kind="qwen2", tied=True, kv_heads=2),  # tied + GQA
+    dict(kind="qwen2", tied=False, kv_heads=1, max_shard_size="20KB"),  # untied + MQA + sharded
+    dict(kind="qwen3", tied=False, kv_heads=2, head_dim=24),  # head_dim != hidden / heads (64 / 4)
+    dict(kind="qwen3", tied=True, kv_heads=4, head_dim=16),
+])
+def test_logits_match_transformers(tmp_path, case):
+    folder, hf = hf_tiny(tmp_path, **case)
+    if case.get("max_shard_size"):
+        assert (folder / "model.safetensors.index.json").is_file()
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    ids = torch.randint(0, 97, (3, 17))
+    with torch.no_grad():
+        ours, ref = model(ids), hf(ids).logits
+    assert ours.shape == (3, 17, 97)
+    err = rel_err(ours, ref)
+    assert err < 1e-4, f"relative error {err:.2e}"
+
+
+def test_older_config_layout(tmp_path):
+    """Real Qwen2.5 config.json files: top-level rope_theta, torch_dtype, sliding_window fields present."""
+    folder, hf = hf_tiny(tmp_path, rope_theta=1e6)
+    raw = json.loads((folder / "config.json").read_text())
+    rope = raw.pop("rope_parameters", None) or {}
+    raw.pop("layer_types", None)
+    raw.pop("dtype", None)
+    raw.update(rope_theta=rope.get("rope_theta", 1e6), torch_dtype="float32", sliding_window=32768,
+               use_sliding_window=False, max_window_layers=21, use_mrope=False, bos_token_id=96, eos_token_id=96)
+    (folder / "config.json").write_text(json.dumps(raw))
+    cfg = load_config(folder)
+    assert cfg.rope_theta == 1e6
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        assert rel_err(model(ids), hf(ids).logits) < 1e-4
+
+
+def test_bf16_load_is_sane(tmp_path):
+    folder, hf = hf_tiny(tmp_path)
+    model = Transformer.from_pretrained(folder)  # bf16 by default
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the tie survives assignment
+    ids = torch.randint(0, 97, (2, 11))
+    with torch.no_grad():
+        ours = model(ids)
+        ref = hf(ids).logits
+    assert torch.isfinite(ours).all()
+    assert rel_err(ours, ref) < 3e-2
+    # Most argmaxes agree (bf16 may flip near-ties).
+    assert (ours.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_unpadded_rows(tmp_path, side):
+    folder, _ = hf_tiny(tmp_path, kind="qwen3", tied=False, head_dim=24)
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    lens = [5, 12, 1]
+    rows = [torch.randint(0, 97, (n,)) for n in lens]
+    T = max(lens)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(T - len(r), T) if side == "left" else slice(0, len(r))
+        ids[i, sl], mask[i, sl] = r, 1
+    with torch.no_grad():
+        batched = model(ids, attention_mask=mask)
+        for i, r in enumerate(rows):
+            sl = slice(T - len(r), T) if side == "left" else slice(0, len(r))
+            alone = model(r[None])[0]
+            torch.testing.assert_close(batched[i, sl], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_save_pretrained_round_trip_through_transformers(tmp_path):
+    for tied in (True, False):
+        folder, hf = hf_tiny(tmp_path / str(tied), kind="qwen3", tied=tied)
+        model = Transformer.from_pretrained(folder, dtype=torch.float32)
+        out = tmp_path / f"saved{tied}"
+        model.save_pretrained(out)
+        if tied:
+            from safetensors import safe_open
+            with safe_open(out / "model.safetensors", "pt") as f:
+                assert "lm_head.weight" not in f.keys()
+        back = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        ids = torch.randint(0, 97, (2, 8))
+        with torch.no_grad():
+            assert rel_err(back(ids).logits, hf(ids).logits) < 1e-5
+            assert rel_err(Transformer.from_pretrained(out, dtype=torch.float32)(ids), hf(ids).logits) < 1e-4
+
+
+def test_hidden_and_targets_paths(tmp_path):
+    folder, _ = hf_tiny(tmp_path, tied=False)
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    ids = torch.randint(0, 97, (2, 6))
+    tgt = torch.randint(0, 97, (2, 6))
+    with torch.no_grad():
+        logits = model(ids)
+        hidden = model(ids, return_hidden=True)
+        logp, ent = model(ids, targets=tgt, temperature=0.7)
+    assert hidden.shape == (2, 6, 64)
+    ref = torch.log_softmax(logits / 0.7, -1)
+    torch.testing.assert_close(logp, ref.gather(-1, tgt[..., None])[..., 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent, -(ref.exp() * ref).sum(-1), rtol=1e-5, atol=1e-5)
+
+
+# ---- errors: one line each, naming the problem ----
+
+def test_missing_folder_and_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        Transformer.from_pretrained(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        Transformer.from_pretrained(tmp_path / "empty")
+    folder, _ = hf_tiny(tmp_path)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        Transformer.from_pretrained(folder)
+
+
+def edit_config(folder, **changes):
+    raw = json.loads((folder / "config.json").read_text())
+    raw.update(changes)
+    (folder / "config.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("changes,err,msg", [
+    (dict(model_type="llama"), ValueError, "unknown model_type 'llama'"),
+    (dict(use_sliding_window=True), NotImplementedError, "use_sliding_window"),
+    (dict(layer_types=["sliding_attention", "full_attention"]), NotImplementedError, "sliding_attention"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), NotImplementedError, "yarn"),
+    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 1e4}), NotImplementedError, "linear"),
+])
+def test_config_errors(tmp_path, changes, err, msg):
+    folder, _ = hf_tiny(tmp_path)
+    edit_config(folder, **changes)
+    with pytest.raises(err, match=msg):
+        Transformer.from_pretrained(folder)
+
+
+def test_weight_key_errors(tmp_path):
+    from safetensors.torch import load_file, save_file
+    folder, _ = hf_tiny(tmp_path, tied=False)
+    sd = load_file(folder / "model.safetensors")
+    file = folder / "model.safetensors"
+
+    bad = dict(sd)
+    bad.pop("model.layers.1.mlp.up_proj.weight")
+    save_file(bad, file)
+    with pytest.raises(KeyError, match="missing weight 'model.layers.1.mlp.up_proj.weight'"):
+        Transformer.from_pretrained(folder)
+
+    bad = dict(sd, **{"model.layers.0.extra.weight": torch.zeros(2)})
+    save_file(bad, file)
+    with pytest.raises(KeyError, match="unexpected weight 'model.layers.0.extra.weight'"):
+        Transformer.from_pretrained(folder)
+
+    bad = dict(sd, **{"model.norm.weight": torch.zeros(3)})
+    save_file(bad, file)
+    with pytest.raises(ValueError, match=r"'model.norm.weight' .* shape \(3,\), expected \(64,\)"):
+        Transformer.from_pretrained(folder)
