@@ -1,0 +1,382 @@
+r"""Answer checking: find the answer in model text, normalise it, compare it; all under a hard timeout.
+
+R1-Zero learns from these rules alone, so a verifier that misses a correct answer, accepts a wrong one, or hangs
+silently ruins a run. Two defences:
+1. Every function here is linear in its input or capped (answers longer than `MAX_ANSWER_CHARS` are wrong, not
+   parsed; `eval_arith` refuses an integer power or product larger than `MAX_INT_BITS`; no `eval`, no regex
+   with nested quantifiers), so a 100k-character completion costs milliseconds.
+2. Rewards are scored in a worker process (`Verifier`) that the trainer *kills* when one answer takes longer than
+   `timeout`: that answer gets reward 0 and scoring goes on in a fresh worker. The bound holds even for a bug
+   in a reward function written later.
+
+Extraction and comparison (the task table in tasks.py says which task uses which):
+    last_tag_block(text, "answer")  the content of the last <answer>...</answer>, scanning left to right like
+                                    re.finditer(r"<answer>(.*?)</answer>", re.S) in linear time
+    last_boxed(text)                the content of the last \boxed{...} (nested braces), or `\boxed 5`
+    last_number(text)               the last decimal number, with `$` and thousands commas removed
+    normalize_math(s)               \dfrac,\tfrac->\frac, \frac12->\frac{1}{2}, drops \left \right, spaces,
+                                    `$`, ^\circ, %, \text{unit} after a number, a trailing `.`, `x =`, outer {} and
+                                    parentheses around a single item
+    parse_number(s)                 an exact Fraction for 5, -0.50, 025, 1,000, 3/4, \frac{3}{4}, 2\frac{1}{2}
+    math_equal(pred, gold)          normalised strings equal, or both numbers and equal as Fractions (0.5 ==
+                                    \frac12 == \dfrac{1}{2}; 025 == 25; 27.0 == 27), or both tuples/intervals
+                                    with the same brackets whose items are pairwise math_equal
+"""
+
+import ast
+import multiprocessing as mp
+import operator
+import re
+from fractions import Fraction
+
+MAX_ANSWER_CHARS = 1000  # no real answer is longer; longer strings are judged wrong without parsing
+MAX_INT_BITS = 10_000  # eval_arith refuses integer results past this (about 3000 digits): 9**9**9**9 stops here
+
+# ---------------------------------------------------------------------------------------------------------------
+# Extraction
+
+
+def last_tag_block(text, tag="answer"):
+    """Content of the last `<tag>...</tag>` (not stripped), or None.
+
+    Same result as the last match of `re.finditer(r"<tag>(.*?)</tag>", text, re.S)`: matches are taken left to
+    right, each closing at the first `</tag>` after its opening. The regex is quadratic on text with many
+    openings and no closing tag; two `str.find` calls per match are linear.
+    """
+    op, cl = f"<{tag}>", f"</{tag}>"
+    pos, last = 0, None
+    while True:
+        s = text.find(op, pos)
+        if s < 0:
+            return last
+        e = text.find(cl, s + len(op))
+        if e < 0:  # no closing tag after this opening, so none after any later opening either
+            return last
+        last = text[s + len(op):e]
+        pos = e + len(cl)
+
+
+def last_boxed(text):
+    """Content of the last `\\boxed{...}` (braces matched, so `\\boxed{\\frac{1}{2}}` gives `\\frac{1}{2}`), or None.
+
+    Also reads `\\boxed 5` (a space, then one token) and `\\fbox{...}`. An unbalanced last box gives None.
+    """
+    i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if i < 0:
+        return None
+    j = i + (len("\\boxed") if text.startswith("\\boxed", i) else len("\\fbox"))
+    if text.startswith(" ", j):  # `\boxed 5`: the token up to the next space or `$`
+        m = re.match(r" +([^\s$]+)", text[j:j + MAX_ANSWER_CHARS])
+        return m.group(1) if m else None
+    if not text.startswith("{", j):
+        return None
+    depth = 0
+    for k in range(j, len(text)):  # one pass, stops at the matching brace
+        if text[k] == "{":
+            depth += 1
+        elif text[k] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[j + 1:k]
+    return None
+
+
+# A minus sign right after a letter, digit or `)` is a subtraction, not a sign: `20-18` ends in 18, not -18.
+_NUMBER = re.compile(r"(?:(?<![\w)])-)?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")  # no nested quantifiers: linear
+
+
+def last_number(text):
+    """The last number in `text` as a string without `$` or thousands commas ("$1,200.50" -> "1200.50"), or None."""
+    found = _NUMBER.findall(text.replace("$", ""))
+    if not found:
+        return None
+    return found[-1].rstrip(",").replace(",", "")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Normalisation and comparison
+
+
+def _brace_args(s, cmd, nargs):
+    """Write the brace-less arguments of `cmd` with braces: `\\frac12` -> `\\frac{1}{2}`, `\\sqrt2` -> `\\sqrt{2}`."""
+    out, i = [], 0
+    while (j := s.find(cmd, i)) >= 0:
+        k = j + len(cmd)
+        out.append(s[i:k])
+        for _ in range(nargs):
+            if k < len(s) and s[k] == "{":  # already braced: copy up to the matching brace
+                e = _close_brace(s, k)
+                out.append(s[k:e])
+                k = e
+            elif k < len(s) and s[k].isalnum():  # one character, as TeX reads `\\frac12`
+                out.append("{" + s[k] + "}")
+                k += 1
+        i = k
+    out.append(s[i:])
+    return "".join(out)
+
+
+def _close_brace(s, k):
+    """Index just past the brace matching the `{` at s[k] (len(s) when unbalanced)."""
+    depth = 0
+    for e in range(k, len(s)):
+        depth += {"{": 1, "}": -1}.get(s[e], 0)
+        if depth == 0:
+            return e + 1
+    return len(s)
+
+
+_UNIT = re.compile(r"^(.*\d)\\(?:text|mbox|mathrm)\{[a-zA-Z ]*\}(?:\^\{?\d\}?)?$")  # `10\text{ cm}^2` -> `10`
+_TEXT = re.compile(r"\\(?:text|textbf|mbox|mathrm|mathbf)\{([^{}]*)\}")  # `\text{Evelyn}` -> `Evelyn`
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+
+def normalize_math(s):
+    """A canonical string for a LaTeX answer, so that equal answers written differently compare equal."""
+    s = s.strip()
+    for a, b in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\displaystyle", ""), ("^{\\circ}", ""),
+                 ("^\\circ", ""), ("\\%", ""), ("%", ""), ("\\$", ""), ("$", ""), ("\\!", ""), ("\\,", ""),
+                 ("\\;", ""), ("\\:", ""), ("\\ ", ""), ("\n", "")):
+        s = s.replace(a, b)
+    s = re.sub(r"\\(?:left|right)(?![a-zA-Z])", "", s)  # \left( -> (, but keep \leftarrow
+    s = s.replace(" ", "")
+    s = _UNIT.sub(r"\1", s)
+    s = _TEXT.sub(r"\1", s)
+    s = s.rstrip(".")
+    m = re.fullmatch(r"[a-zA-Z]{1,2}=([^=]+)", s)  # `x=5` -> `5` (both sides get the same treatment)
+    if m:
+        s = m.group(1)
+    # outer braces go, and parentheses around a single item: `{5}`, `(\frac{14}{3})` -> the item; `(1,2)` stays
+    while len(s) >= 2 and (s[0], s[-1]) in (("{", "}"), ("(", ")")) and _balanced(s[1:-1], s[0] + s[-1]) \
+            and (s[0] == "{" or len(_split_top(s[1:-1])) == 1):
+        s = s[1:-1]
+    s = _brace_args(s, "\\frac", 2)
+    s = _brace_args(s, "\\sqrt", 1)
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    return s
+
+
+def _balanced(s, pair="{}"):
+    depth = 0
+    for ch in s:
+        depth += {pair[0]: 1, pair[1]: -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+_DEC = r"-?(?:\d+(?:\.\d*)?|\.\d+)"
+
+
+def parse_number(s):
+    """An exact Fraction for a normalised numeric answer, else None (`025` -> 25, `\\frac{-3}{4}`, `2\\frac{1}{2}`)."""
+    if len(s) > 100:  # int() of a long digit string is quadratic; no exact answer is this long
+        return None
+    if re.fullmatch(_DEC, s):
+        return Fraction(s)
+    m = re.fullmatch(rf"(-?)\\frac\{{({_DEC})\}}\{{({_DEC})\}}", s) or re.fullmatch(rf"(-?)({_DEC})/({_DEC})", s)
+    if m and Fraction(m.group(3)) != 0:
+        v = Fraction(m.group(2)) / Fraction(m.group(3))
+        return -v if m.group(1) else v
+    m = re.fullmatch(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}", s)  # a mixed number, as MATH writes 10\frac{1}{12}
+    if m and int(m.group(4)) != 0:
+        v = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))
+        return -v if m.group(1) else v
+    return None
+
+
+def _split_top(s):
+    """Split on commas outside any bracket: `(1,(2,3))` inner -> ['1', '(2,3)']."""
+    parts, depth, start = [], 0, 0
+    for k, ch in enumerate(s):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(s[start:k])
+            start = k + 1
+    return parts + [s[start:]]
+
+
+def math_equal(pred, gold, _depth=0):
+    """True when answer `pred` equals gold answer `gold` (both LaTeX strings); see the module docstring."""
+    if pred is None or gold is None or len(pred) > MAX_ANSWER_CHARS:
+        return False
+    p, g = normalize_math(str(pred)), normalize_math(str(gold))
+    if p == g:
+        return True
+    pn, gn = parse_number(p), parse_number(g)
+    if pn is not None and gn is not None:
+        return pn == gn
+    # tuples, intervals and lists: the same brackets (or none) and the same number of items, compared pairwise
+    if _depth < 2 and p[:1] == g[:1] and p[-1:] == g[-1:]:
+        strip = 1 if p[:1] in "([{" and p[-1:] in ")]}" else 0
+        pp, gp = _split_top(p[strip:len(p) - strip]), _split_top(g[strip:len(g) - strip])
+        if len(gp) > 1 and len(pp) == len(gp):
+            return all(math_equal(a, b, _depth + 1) for a, b in zip(pp, gp))
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bounded arithmetic, for countdown equations (TinyZero passes them to `eval` after a character whitelist)
+
+ARITH_CHARS = re.compile(r"^[\d+\-*/().\s]+$")  # TinyZero's whitelist: digits, + - * / ( ) . and spaces
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow}  # `**` and `//` pass the whitelist too
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+
+
+def eval_arith(expr):
+    """The value Python's `eval` gives a whitelisted arithmetic string, or None where eval would fail.
+
+    It walks the parsed tree instead of calling eval, so it can refuse, as a failure, integer powers and
+    products past MAX_INT_BITS (`9**9**9**9` would otherwise run for ever) and strings over MAX_ANSWER_CHARS.
+    Everything else matches eval: int/float semantics, `/` is true division, `//` floor division, a
+    negative base to a fractional power is complex (as in Python).
+    """
+    if len(expr) > MAX_ANSWER_CHARS or not ARITH_CHARS.match(expr):
+        return None
+    try:
+        return _eval_node(ast.parse(expr.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, TypeError, ArithmeticError, RecursionError, MemoryError):
+        return None
+
+
+def _eval_node(node):
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_eval_node(node.operand))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        a, b = _eval_node(node.left), _eval_node(node.right)
+        if isinstance(a, int) and isinstance(b, int):  # the only way to build huge numbers; floats overflow
+            if isinstance(node.op, ast.Pow) and b > 0 and abs(a) > 1 and a.bit_length() * b > MAX_INT_BITS:
+                raise OverflowError("power too large")
+            if isinstance(node.op, ast.Mult) and a.bit_length() + b.bit_length() > MAX_INT_BITS:
+                raise OverflowError("product too large")
+        return _BINOPS[type(node.op)](a, b)
+    raise TypeError(f"not arithmetic: {type(node).__name__}")  # e.g. `2(3)` parses as a call: eval fails too
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The worker: scores (completion, row) pairs in a child process that is killed on timeout
+
+
+def _worker(conn, task):
+    """Child process: score each pair of a batch, sending (index, reward, error) after each one."""
+    conn.send("ready")
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        if msg is None:
+            return
+        start, completions, rows = msg
+        for i, (c, r) in enumerate(zip(completions, rows)):
+            try:
+                v, err = float(task.reward(c, r)), None
+            except Exception as e:  # a reward bug must not stop training; the parent counts these
+                v, err = 0.0, f"{type(e).__name__}: {e}"[:300]
+            conn.send((start + i, v, err))
+
+
+class Verifier:
+    """Score completions with `task.reward` in a worker process, at most `timeout` seconds per completion.
+
+        with Verifier(task, timeout=5.0) as v:
+            rewards = v.score(completions, rows)   # list[float], one per completion
+
+    The worker reports after every completion; when no report comes within `timeout`, the worker is killed
+    (SIGKILL: nothing in the child has to cooperate), that completion gets reward 0.0 and a fresh worker scores
+    the rest. Rewards that raise also get 0.0. `stats` counts both, for the training log.
+
+    Start method: "forkserver" (Python 3.14's default on Linux). A plain fork of a trainer that runs torch's
+    thread pools and CUDA can inherit a lock held by another thread and deadlock; forkserver forks each worker
+    from a small clean server process instead, which costs about as little as a fork when a worker is replaced.
+    The task object is pickled to the worker, so it must be defined in an importable module (not __main__).
+    """
+
+    def __init__(self, task, timeout=5.0, start_timeout=120.0):
+        self.task, self.timeout, self.start_timeout = task, timeout, start_timeout
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        self._ctx = mp.get_context(method)
+        self._proc = self._conn = None
+        self.stats = {"timeouts": 0, "errors": 0, "last_error": None}
+
+    def _start(self):
+        self._conn, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=_worker, args=(child, self.task), daemon=True)
+        self._proc.start()
+        child.close()
+        # the first start of a forkserver imports the trainer's modules (torch): allow it more time than a score
+        try:
+            ready = self._conn.poll(self.start_timeout) and self._conn.recv() == "ready"
+        except (EOFError, OSError):  # it died while starting, e.g. the task could not be unpickled
+            ready = False
+        if not ready:
+            self._kill()
+            raise RuntimeError(f"the verifier worker did not start within {self.start_timeout} s (is the task "
+                               f"class {type(self.task).__name__} importable from its module?)")
+
+    def _kill(self):
+        self._proc.kill()
+        self._proc.join()
+        self._conn.close()
+        self._proc = self._conn = None
+
+    def score(self, completions, rows):
+        """Rewards for `completions[i]` against `rows[i]`, each in [0, 1]; see the class docstring."""
+        if len(completions) != len(rows):
+            raise ValueError(f"score: {len(completions)} completions but {len(rows)} rows")
+        n, out, i = len(completions), [0.0] * len(completions), 0
+        if self._proc is not None and not self._proc.is_alive():  # died while idle (e.g. killed for memory)
+            self._kill()
+        while i < n:  # i: the first completion without a reward yet
+            if self._proc is None:
+                self._start()
+                self._conn.send((i, list(completions[i:]), list(rows[i:])))
+            elif i == 0:  # a live worker from an earlier batch
+                self._conn.send((0, list(completions), list(rows)))
+            try:
+                report = self._conn.recv() if self._conn.poll(self.timeout) else None
+            except (EOFError, OSError):  # the worker died (e.g. killed for memory): same as a timeout
+                report = None
+            if report is None:  # completion i hangs: kill the worker, reward 0, go on after it
+                self._kill()
+                self.stats["timeouts"] += 1
+                out[i], i = 0.0, i + 1
+                continue
+            idx, v, err = report
+            out[idx], i = v, idx + 1
+            if err is not None:
+                self.stats["errors"] += 1
+                self.stats["last_error"] = err
+        return out
+
+    def close(self):
+        if self._proc is not None:
+            try:
+                self._conn.send(None)  # ask politely, then make sure
+            except (OSError, ValueError):
+                pass
+            self._proc.join(timeout=1.0)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+            self._conn.close()
+            self._proc = self._conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def score_batch(task, completions, rows, timeout=5.0):
+    """One-off `Verifier(task, timeout).score(completions, rows)`; a trainer should keep one Verifier alive."""
+    with Verifier(task, timeout=timeout) as v:
+        return v.score(completions, rows)
