@@ -1,0 +1,108 @@
+"""Everything distributed, in one place: process-group setup from torchrun's environment, FSDP2 sharding,
+the weight gathering the rollout phase needs, and the few collectives the trainer uses.
+
+A single process without torchrun runs the same code: every helper here is then the identity.
+
+    torchrun --standalone --nproc_per_node=8 train.py ...    one node, 8 GPUs (nccl)
+    torchrun --nproc_per_node=2 train.py ...                 2 CPU processes (gloo): how the tests run it
+"""
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+
+def setup() -> Dist:
+    """Read RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun); the rendezvous address comes from its
+    MASTER_ADDR / MASTER_PORT too, so nothing here picks a port."""
+    cuda = torch.cuda.is_available()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Dist(device=torch.device("cuda" if cuda else "cpu"))
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Dist(rank, world, local, torch.device(f"cuda:{local}" if cuda else "cpu"))
+
+
+def teardown(d: Dist):
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(model, d: Dist):
+    """FSDP2: each transformer block is one unit (all-gathered just before it runs, freed after), then the
+    root (embedding, final norm, lm_head). On CUDA, parameters stay fp32 (the master copy the optimiser
+    updates), compute runs in bf16 and gradients are reduced in fp32."""
+    if not d.enabled:
+        return model
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if d.device.type == "cuda" \
+        else MixedPrecisionPolicy()
+    for block in model.model.layers:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def fsdp_modules(model):
+    from torch.distributed.fsdp import FSDPModule
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextmanager
+def gathered(model):
+    """Hold the full weights for the rollout phase. Ranks run different numbers of decode steps, so no
+    collective may happen inside the decode loop: all-gather once here, and keep the weights gathered
+    across forwards (unshard() alone would reshard after the first forward, and the ranks would deadlock
+    on the next all-gather)."""
+    mods = fsdp_modules(model)
+    for m in mods:
+        m.unshard()
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+def all_reduce(t: torch.Tensor, d: Dist, op="sum"):
+    """Sum (or max / min) a tensor over ranks, in place; returns it."""
+    if d.enabled:
+        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+    return t
+
+
+def all_gather_objects(obj, d: Dist):
+    """A list with every rank's `obj`, in rank order."""
+    if not d.enabled:
+        return [obj]
+    out = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(d: Dist):
+    if d.enabled:
+        dist.barrier()

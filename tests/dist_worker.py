@@ -1,0 +1,93 @@
+"""Run under torchrun by tests/test_distributed.py (gloo on the CPU). Usage:
+    torchrun --nproc_per_node=2 tests/dist_worker.py MODE MODEL_DIR OUT_DIR
+MODE: step (one SGD step on a fixed batch), rollout (ranks decode different numbers of steps),
+      ckpt (a 2-rank checkpoint plus the logits of the sharded model)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import train  # noqa: E402
+from nanor1 import distributed  # noqa: E402
+from nanor1.checkpoint import full_state_dict, save_checkpoint  # noqa: E402
+from nanor1.config import TrainConfig  # noqa: E402
+from nanor1.model import Transformer  # noqa: E402
+from nanor1.rollout import generate  # noqa: E402
+
+
+def fixed_groups(P=4, G=4, V=97, seed=0):
+    """A deterministic rollout batch: P groups of G (prompt, completion, reward) with ragged lengths."""
+    g = torch.Generator().manual_seed(seed)
+    groups = []
+    for _ in range(P):
+        prompt = torch.randint(0, V, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
+        group = []
+        for _ in range(G):
+            c = int(torch.randint(1, 7, (1,), generator=g))
+            group.append(dict(prompt=prompt, completion=torch.randint(0, V, (c,), generator=g).tolist(),
+                              sampler_logp=[0.0] * c, truncated=False,
+                              reward=float(torch.rand(1, generator=g) > 0.5)))
+        groups.append(group)
+    return groups
+
+
+def step_cfg(loss_type):
+    return TrainConfig(prompts_per_step=4, group_size=4, micro_batch_size=3, grad_clip=0.0, loss_type=loss_type,
+                       max_completion_len=6, mu=2, mini_batch_size=8, lr=0.5)
+
+
+def one_step(model, d, loss_type):
+    """Each rank trains on its own whole groups; returns the full parameters after one SGD step per mini-batch."""
+    groups = fixed_groups()
+    per_rank = len(groups) // d.world_size
+    mine = groups[d.rank * per_rank:(d.rank + 1) * per_rank]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    train.train_step(step_cfg(loss_type), model, None, opt, mine, 0, d)
+    return {k: v.clone() for k, v in full_state_dict(model, d).items()}
+
+
+def main():
+    mode, model_dir, out = sys.argv[1:4]
+    d = distributed.setup()
+    torch.manual_seed(0)
+
+    def load():
+        return distributed.shard(Transformer.from_pretrained(model_dir, dtype=torch.float32), d)
+    model = load()
+    if mode == "step":
+        result = {"grpo": one_step(model, d, "grpo"), "dapo": one_step(load(), d, "dapo")}
+        if d.is_main:
+            torch.save(result, os.path.join(out, "params.pt"))
+    elif mode == "rollout":
+        prompts = [[1, 2, 3], [4, 5]] if d.rank == 0 else [[7, 8, 9, 10]]
+        with distributed.gathered(model):
+            res = generate(model, prompts, max_new_tokens=3 if d.rank == 0 else 25, temperature=1.0, n=2,
+                           seed=d.rank)
+        lengths = torch.tensor([float(sum(len(c) for c in res))])
+        distributed.all_reduce(lengths, d)  # both ranks got here: no hang
+        if d.is_main:
+            with open(os.path.join(out, "rollout.txt"), "w") as f:
+                f.write(f"{int(lengths.item())}\n")
+        # The sharded model trains normally after the rollout phase (resharded, hooks restored).
+        train.train_step(step_cfg("grpo"), model, None, torch.optim.SGD(model.parameters(), lr=0.1),
+                         fixed_groups(P=2)[d.rank:d.rank + 1], 0, d)
+    elif mode == "ckpt":
+        class Tok:  # the checkpoint copies tokenizer files; this model folder has none
+            def save_pretrained(self, path):
+                pass
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        train.train_step(step_cfg("dapo"), model, None, opt, fixed_groups()[d.rank * 2:(d.rank + 1) * 2], 0, d)
+        path = save_checkpoint(out, 1, model, opt, {"step": 1}, Tok(), d)
+        ids = torch.tensor([[5, 6, 7, 8, 9]])
+        with torch.no_grad():
+            logits = model(ids)
+        if d.is_main:
+            torch.save(logits, os.path.join(out, "logits.pt"))
+            print("saved", path)
+    distributed.teardown(d)
+
+
+if __name__ == "__main__":
+    main()

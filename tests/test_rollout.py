@@ -1,0 +1,143 @@
+"""The rollout engine on tiny random models: cache vs no cache, batching, stopping, sampling statistics."""
+import math
+
+import pytest
+import torch
+
+from nanor1.model import KVCache, Transformer
+from nanor1.rollout import generate
+from tests.tiny import hf_tiny
+
+V = 97
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder, hf = hf_tiny(tmp_path_factory.mktemp("m"), kind="qwen2", tied=True, kv_heads=2)
+    model = Transformer.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, hf
+
+
+def greedy_no_cache(model, prompt, steps):
+    seq = list(prompt)
+    for _ in range(steps):
+        with torch.no_grad():
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+def test_greedy_cache_equals_full_forward_and_transformers(tiny):
+    model, hf = tiny
+    prompt = torch.randint(0, V, (7,)).tolist()
+    ours = generate(model, [prompt], max_new_tokens=20, temperature=0)[0]
+    assert ours == greedy_no_cache(model, prompt, 20)
+    ref = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, eos_token_id=None,
+                      pad_token_id=0)[0, len(prompt):].tolist()
+    assert ours == ref
+
+
+def test_ragged_batch_equals_one_at_a_time(tiny):
+    model, _ = tiny
+    prompts = [torch.randint(0, V, (n,)).tolist() for n in (3, 11, 1, 6)]
+    batched = generate(model, prompts, max_new_tokens=12, temperature=0)
+    alone = [generate(model, [p], max_new_tokens=12, temperature=0)[0] for p in prompts]
+    assert batched == alone
+
+
+def test_sampling_independent_of_batch_composition(tiny):
+    model, _ = tiny
+    prompts = [torch.randint(0, V, (n,)).tolist() for n in (4, 9)]
+    both = generate(model, prompts, max_new_tokens=10, temperature=1.0, n=3, seed=5)
+    first = generate(model, prompts[:1], max_new_tokens=10, temperature=1.0, n=3, seed=5)
+    # Sequence ids are positions in the output, so the first prompt's samples keep their keys.
+    assert both[:3] == first
+    assert generate(model, prompts, max_new_tokens=10, temperature=1.0, n=3, seed=5) == both  # same seed
+    assert generate(model, prompts, max_new_tokens=10, temperature=1.0, n=3, seed=6) != both
+
+
+def expected_ending(tokens, eos, stop):
+    """Cut a free-running completion at its first EOS token or completed stop sequence (kept)."""
+    for i, x in enumerate(tokens):
+        if x in eos or any(tokens[:i + 1][-len(q):] == q for q in stop):
+            return tokens[:i + 1], False
+    return tokens, True
+
+
+def test_eos_and_stop_end_only_their_sequence(tiny):
+    model, _ = tiny
+    prompts = [torch.randint(0, V, (5,)).tolist() for _ in range(4)]
+    free = generate(model, prompts, max_new_tokens=15, temperature=0)
+    eos, stop = [free[0][4]], [free[1][6:8]]  # something row 0 and row 1 emit mid-way
+    res = generate(model, prompts, max_new_tokens=15, temperature=0, eos_token_id=eos, stop=stop, details=True)
+    ended = 0
+    for i in range(4):
+        want, trunc = expected_ending(free[i], eos, stop)
+        assert res.tokens[i] == want and res.truncated[i] == trunc, f"row {i}"
+        ended += not trunc
+    assert len(res.tokens[0]) <= 5 and len(res.tokens[1]) <= 8 and ended >= 2
+    assert all(len(lp) == len(tk) for lp, tk in zip(res.logprobs, res.tokens))
+
+
+def test_logprobs_are_tempered_untruncated(tiny):
+    model, _ = tiny
+    prompt = torch.randint(0, V, (6,)).tolist()
+    res = generate(model, [prompt], max_new_tokens=6, temperature=0.7, top_k=5, seed=1, details=True)
+    seq = prompt + res.tokens[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([seq]))[0, len(prompt) - 1:-1]
+    ref = torch.log_softmax(logits / 0.7, -1).gather(-1, torch.tensor(res.tokens[0])[:, None])[:, 0]
+    torch.testing.assert_close(torch.tensor(res.logprobs[0]), ref, rtol=1e-4, atol=1e-4)
+    assert res.truncated == [True]
+
+
+def frequency_check(draws, probs, n):
+    """Every token's frequency within 5 binomial standard deviations (plus one count) of its probability."""
+    counts = torch.bincount(torch.tensor(draws), minlength=probs.numel()).double()
+    sd = (probs * (1 - probs) / n).sqrt()
+    bad = ((counts / n - probs).abs() > 5 * sd + 1.0 / n).nonzero().flatten().tolist()
+    assert not bad, f"tokens {bad[:5]}: freq {(counts / n)[bad[:5]].tolist()} vs p {probs[bad[:5]].tolist()}"
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (7, 1.0), (0, 0.6)])
+def test_first_token_distribution(tiny, top_k, top_p):
+    model, _ = tiny
+    prompt = torch.randint(0, V, (5,)).tolist()
+    T, n = 1.5, 4000
+    draws = [c[0] for c in generate(model, [prompt], max_new_tokens=1, temperature=T, top_k=top_k,
+                                    top_p=top_p, n=n, seed=3)]
+    with torch.no_grad():
+        p = torch.softmax(model(torch.tensor([prompt]))[0, -1].double() / T, -1)
+    keep = torch.ones_like(p, dtype=torch.bool)
+    if top_k:
+        keep &= p >= p.topk(top_k).values[-1]
+    if top_p < 1:  # the smallest set of most likely tokens whose mass reaches top_p
+        sp, order = p.sort(descending=True)
+        before = sp.cumsum(0) - sp
+        keep_sorted = before < top_p
+        keep = torch.zeros_like(keep)
+        keep[order[keep_sorted]] = True
+    q = torch.where(keep, p, 0)
+    q = q / q.sum()
+    assert all(keep[d] for d in draws), "a token outside the top-k set / nucleus was drawn"
+    frequency_check(draws, q, n)
+
+
+def test_nan_in_unused_cache_slots_changes_nothing(tiny, monkeypatch):
+    model, _ = tiny
+    prompts = [torch.randint(0, V, (n,)).tolist() for n in (2, 9, 5)]
+    clean = generate(model, prompts, max_new_tokens=10, temperature=0.8, n=2, seed=4)
+    init = KVCache.__init__
+
+    def poisoned(self, *a, **kw):
+        init(self, *a, **kw)
+        self.k.fill_(float("nan"))
+        self.v.fill_(float("nan"))
+
+    monkeypatch.setattr(KVCache, "__init__", poisoned)
+    assert generate(model, prompts, max_new_tokens=10, temperature=0.8, n=2, seed=4) == clean
+
+
+def test_context_overflow_is_a_clear_error(tiny):
+    model, _ = tiny
+    with pytest.raises(ValueError, match="exceeds the model's context of 128"):
+        generate(model, [[1] * 100], max_new_tokens=40)

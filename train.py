@@ -1,0 +1,301 @@
+"""GRPO training, R1-Zero style: a base model learns from rule-based rewards alone.
+
+    python train.py                                   the demo: the shipped tiny base on its task, CPU
+    python train.py --model DIR --task gsm8k --steps 200 --lr 1e-6   one GPU (or CPU)
+    torchrun --standalone --nproc_per_node=8 train.py --model DIR --task math
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py ...
+    python train.py --help                            every option with its one-line help
+
+Each step:
+  1. rollout: P prompts x G completions sampled by the policy itself (nanor1/rollout.py), each rank its
+     own slice of whole groups; no collective inside the decode loop (weights gathered once).
+  2. score with the task's rules (nanor1/tasks.py, verifiers under a hard timeout), advantages within
+     each group (nanor1/grpo.py). Dynamic sampling optionally drops groups with no signal and refills.
+  3. mu passes over the batch in mini-batches (one AdamW step each), each accumulated over micro-batches,
+     with step-wide loss normalisers so micro-batches and ranks do not change the update.
+Log-probs come from the fused kernel (never the (N, V) logits) at the rollout temperature, so the trainer
+scores exactly the distribution the sampler drew from (`logprob_mismatch` in the metrics).
+"""
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from nanor1 import distributed
+from nanor1.checkpoint import list_checkpoints, load_checkpoint, resolve, save_checkpoint
+from nanor1.config import parse_args, save as save_config
+from nanor1.evaluate import encode_prompts, evaluate, stop_ids
+from nanor1.grpo import group_advantages, policy_loss
+from nanor1.model import Transformer
+from nanor1.rollout import generate
+from nanor1.tasks import get_task
+from nanor1.tokenizer import Tokenizer
+from nanor1.verify import Verifier
+
+
+def prompt_stream(n_rows, seed):
+    """Global prompt order: a fresh permutation of the rows each epoch. Index i of the stream is a pure
+    function of (seed, i), so a resumed run needs only its position."""
+    cache = {}
+
+    def at(i):
+        epoch = i // n_rows
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        return int(cache[epoch][i % n_rows])
+    return at
+
+
+def rollout_round(cfg, model, tok, task, rows, verifier, seed, d):
+    """Generate and score G completions for each of this rank's rows."""
+    prompts = encode_prompts(task, tok, rows)
+    with distributed.gathered(model), autocast(d):
+        res = generate(model, prompts, cfg.max_completion_len, temperature=cfg.temperature, top_k=cfg.top_k,
+                       top_p=cfg.top_p, eos_token_id=sorted(tok.eos_token_ids), n=cfg.group_size,
+                       stop=stop_ids(task, tok), seed=seed, details=True)
+    texts = [tok.decode(c) for c in res.tokens]
+    rewards = verifier.score(texts, [r for r in rows for _ in range(cfg.group_size)])
+    G = cfg.group_size
+    return [dict(prompt=prompts[i // G], completion=res.tokens[i], sampler_logp=res.logprobs[i],
+                 truncated=res.truncated[i], reward=rewards[i], text=texts[i]) for i in range(len(texts))]
+
+
+def collect(cfg, model, tok, task, train_rows, stream, cursor, verifier, step, d):
+    """One step's rollout batch for this rank: a list of groups (each G dicts), plus metrics over every
+    completion generated. With dynamic sampling, groups whose rewards are all equal are dropped and new
+    prompts are drawn, up to max_refill_rounds; all ranks then keep the same number of groups."""
+    P_rank = cfg.prompts_per_step // d.world_size
+    G, kept, generated, skipped = cfg.group_size, [], [], 0
+    for rnd in range(1 + (cfg.max_refill_rounds if cfg.dynamic_sampling else 0)):
+        ids = [stream(cursor + i) for i in range(d.rank * P_rank, (d.rank + 1) * P_rank)]
+        cursor += cfg.prompts_per_step  # every rank advances the same global cursor
+        rows = [train_rows[i] for i in ids]
+        fits = [len(p) <= cfg.max_prompt_len for p in encode_prompts(task, tok, rows)]
+        skipped += fits.count(False)
+        rows = [r for r, ok in zip(rows, fits) if ok]
+        seed = ((cfg.seed * 1_000_003 + step) * 131 + rnd) * 4099 + d.rank
+        items = rollout_round(cfg, model, tok, task, rows, verifier, seed, d) if rows else []
+        generated += items
+        groups = [items[i:i + G] for i in range(0, len(items), G)]
+        if cfg.dynamic_sampling:
+            groups = [g for g in groups if len({x["reward"] for x in g}) > 1]
+        kept += groups
+        enough = torch.tensor(float(len(kept) >= P_rank))
+        if not cfg.dynamic_sampling or distributed.all_reduce(enough, d, "min").item() == 1:
+            break
+    # Every rank must run the same number of micro-batches (FSDP collectives): keep the common count.
+    n_keep = torch.tensor(float(min(len(kept), P_rank)))
+    kept = kept[:int(distributed.all_reduce(n_keep, d, "min").item())]
+    return kept, generated, cursor, skipped
+
+
+def autocast(d):
+    """bf16 compute on one GPU (fp32 master weights); FSDP's MixedPrecisionPolicy does it under torchrun."""
+    enabled = d.device.type == "cuda" and not d.enabled
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
+
+
+def pack(seqs, device):
+    """Right-pad prompt+completion rows. Returns input ids (B, T), targets (B, T) and the mask of
+    completion tokens among the targets (B, T). Padding only follows real tokens, so causal attention
+    keeps it away from them and no attention mask is needed."""
+    full = [s["prompt"] + s["completion"] for s in seqs]
+    T = max(len(f) for f in full) - 1
+    ids = torch.zeros(len(seqs), T + 1, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T)
+    sampler = torch.zeros(len(seqs), T)
+    for i, (s, f) in enumerate(zip(seqs, full)):
+        ids[i, :len(f)] = torch.tensor(f)
+        p, c = len(s["prompt"]), len(s["completion"])
+        mask[i, p - 1:p - 1 + c] = 1.0  # target t predicts token t + 1: completion tokens start at p - 1
+        sampler[i, p - 1:p - 1 + c] = torch.tensor(s["sampler_logp"])
+    return ids[:, :-1].to(device), ids[:, 1:].to(device), mask.to(device), sampler.to(device)
+
+
+def token_logprobs(model, seqs, cfg, d):
+    ids, tgt, mask, sampler = pack(seqs, d.device)
+    with autocast(d):
+        logp, entropy = model(ids, targets=tgt, temperature=cfg.temperature)  # (b, T) each
+    return logp, entropy, mask, sampler
+
+
+def train_step(cfg, model, ref, opt, groups, opt_step, d):
+    """mu passes over the rollout batch, one optimiser step per mini-batch. Returns metrics."""
+    G = cfg.group_size
+    seqs = [s for g in groups for s in g]
+    adv = group_advantages(torch.tensor([s["reward"] for s in seqs]), G, scale=cfg.scale_rewards)
+    for s, a in zip(seqs, adv.tolist()):
+        s["adv"] = a * (0.0 if cfg.mask_truncated and s["truncated"] else 1.0)
+        s["weight"] = 0.0 if cfg.mask_truncated and s["truncated"] else 1.0
+    n_mini = cfg.prompts_per_step * G // cfg.mini_batch_size if cfg.mini_batch_size else 1
+    minis = [seqs[i::n_mini] for i in range(n_mini)] if seqs else []
+    micro = lambda batch: [batch[i:i + cfg.micro_batch_size] for i in range(0, len(batch), cfg.micro_batch_size)]
+    one_pass = cfg.mu == 1 and n_mini == 1  # old_logp = logp.detach(): no extra forward (ratio 1)
+
+    with torch.no_grad():  # before any update: old (if needed) and reference log-probs
+        for mb in micro(seqs):
+            for key, net in (("old", None if one_pass else model), ("ref", ref)):
+                if net is not None:
+                    lp, _, _, _ = token_logprobs(net, mb, cfg, d)
+                    for s, row in zip(mb, lp):  # each row trimmed to its own length (micro-batches regroup)
+                        s[key] = row[:len(s["prompt"]) + len(s["completion"]) - 1]
+
+    m = {k: 0.0 for k in ("loss", "entropy", "mismatch", "clip_frac", "kl", "tokens", "grad_norm")}
+    first = True
+    for epoch in range(cfg.mu):
+        for mini in minis:
+            # Step-wide normaliser over all micro-batches and ranks: sequences (grpo, dr_grpo) or tokens (dapo).
+            if cfg.loss_type == "dapo":
+                local = sum(len(s["completion"]) * s["weight"] for s in mini)
+            else:
+                local = float(len(mini))
+            norm = distributed.all_reduce(torch.tensor(float(local)), d).clamp(min=1).item()
+            for mb in micro(mini):
+                logp, entropy, mask, sampler = token_logprobs(model, mb, cfg, d)
+                w = torch.tensor([s["weight"] for s in mb], device=mask.device)[:, None]
+                old = logp.detach() if one_pass else _stack(mb, "old", logp)
+                ref_lp = _stack(mb, "ref", logp) if ref is not None else None
+                A = torch.tensor([s["adv"] for s in mb], device=logp.device)
+                loss, st = policy_loss(logp, old, A, mask * w, cfg.loss_type, cfg.clip_low, cfg.clip_high,
+                                       ref_lp, cfg.beta, max_len=cfg.max_completion_len, normalizer=norm)
+                # FSDP averages gradients over ranks; the normaliser already spans ranks, so undo the mean.
+                (loss * d.world_size).backward()
+                n_tok = mask.sum().item()
+                m["loss"] += loss.item()
+                m["clip_frac"] += (st["clip_frac_low"] + st["clip_frac_high"]).item() * n_tok
+                m["kl"] += st.get("kl", torch.tensor(0.0)).item() * n_tok
+                if first:  # the pre-update policy: entropy and sampler-vs-trainer mismatch
+                    m["entropy"] += (entropy * mask).sum().item()
+                    m["mismatch"] += ((logp.detach() - sampler).abs() * mask).sum().item()
+                m["tokens"] += n_tok
+            first = False
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, opt_step)
+            norm_total = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            if hasattr(norm_total, "full_tensor"):
+                norm_total = norm_total.full_tensor()
+            m["grad_norm"] += norm_total.item() / len(minis) / cfg.mu
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            opt_step += 1
+    return m, opt_step
+
+
+def _stack(mb, key, like):
+    T = like.shape[1]
+    return torch.stack([torch.nn.functional.pad(s[key], (0, T - s[key].shape[0])) for s in mb])
+
+
+def lr_at(cfg, opt_step):
+    """Linear warm-up to cfg.lr over warmup_steps optimiser steps, then constant."""
+    return cfg.lr * min(1.0, (opt_step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    d = distributed.setup()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.resume and not cfg.out and cfg.resume == "latest":
+        raise ValueError("--resume latest needs --out (the run folder to continue)")
+    out = cfg.out or time.strftime("out/run-%Y%m%d-%H%M%S")
+    out = Path(distributed.all_gather_objects(out, d)[0])  # rank 0's timestamp names the folder
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.json")
+        print(json.dumps(vars(cfg), indent=1))
+    torch.manual_seed(cfg.seed)
+
+    tok = Tokenizer.from_pretrained(cfg.model)
+    model = Transformer.from_pretrained(cfg.model, dtype=torch.float32, device=d.device)  # fp32 master
+    model.gradient_checkpointing = cfg.grad_checkpointing
+    ref = None
+    if cfg.beta > 0:  # the frozen reference exists only when the KL term is on
+        ref = Transformer.from_pretrained(cfg.model, dtype=torch.float32, device=d.device).requires_grad_(False)
+        distributed.shard(ref, d)
+    distributed.shard(model, d)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                            weight_decay=cfg.weight_decay, eps=1e-8)
+    task = get_task(cfg.task, cfg.template or None)
+    train_rows, eval_rows = list(task.train_rows()), list(task.eval_rows())[:cfg.eval_size]
+    stream = prompt_stream(len(train_rows), cfg.seed)
+    verifier = Verifier(task)
+
+    step, cursor, opt_step = 0, 0, 0
+    metrics_file = out / "metrics.jsonl"
+    if cfg.resume:
+        ck = resolve(cfg.resume, out)
+        state = load_checkpoint(ck, model, opt, d)
+        step, cursor, opt_step = state["step"], state["cursor"], state["opt_step"]
+        if d.is_main:  # rows a crashed run logged after this checkpoint are replayed: drop them
+            rows = [json.loads(x) for x in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
+            metrics_file.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+            print(f"resumed from {ck} at step {step}")
+
+    def log(row):
+        if d.is_main:
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def run_eval():
+        s, _ = evaluate(model, tok, task, eval_rows, verifier, cfg.max_completion_len, temperature=0.0, d=d)
+        log({"step": step, "eval_accuracy": s["pass@1"]})
+        if d.is_main:
+            print(f"step {step:4d} | eval greedy pass@1 {s['pass@1']:.3f} on {s['problems']} held-out problems")
+
+    if step == 0:
+        run_eval()
+    while step < cfg.steps:
+        step += 1
+        t0 = time.time()
+        groups, generated, cursor, skipped = collect(cfg, model, tok, task, train_rows, stream, cursor, verifier,
+                                                     step, d)
+        t1 = time.time()
+        m, opt_step = train_step(cfg, model, ref, opt, groups, opt_step, d)
+        t2 = time.time()
+        # Metrics over every completion generated this step, summed over ranks.
+        tot = torch.tensor([len(generated), sum(x["reward"] for x in generated),
+                            sum(task.is_correct(x["reward"]) for x in generated),
+                            sum(len(x["completion"]) for x in generated), m["tokens"], m["entropy"],
+                            m["mismatch"], m["clip_frac"], m["kl"], m["loss"], skipped, len(groups)],
+                           dtype=torch.float64)
+        distributed.all_reduce(tot, d)
+        n, tokens = max(tot[0].item(), 1), max(tot[4].item(), 1)
+        row = {"step": step, "reward": tot[1].item() / n, "accuracy": tot[2].item() / n,
+               "response_length": tot[3].item() / n, "entropy": tot[5].item() / tokens,
+               "clip_frac": tot[7].item() / tokens, "grad_norm": m["grad_norm"], "lr": lr_at(cfg, opt_step - 1),
+               "loss": tot[9].item(), "logprob_mismatch": tot[6].item() / tokens,
+               "groups": int(tot[11].item()), "rollout_s": t1 - t0, "train_s": t2 - t1}
+        if cfg.beta > 0:
+            row["kl"] = tot[8].item() / tokens
+        if tot[10].item():
+            row["skipped_long_prompts"] = int(tot[10].item())
+        log(row)
+        if d.is_main:
+            print(f"step {step:4d} | reward {row['reward']:.3f} | acc {row['accuracy']:.3f} | "
+                  f"len {row['response_length']:5.1f} | " + (f"kl {row['kl']:.4f} | " if "kl" in row else "") +
+                  f"ent {row['entropy']:.3f} | clip {row['clip_frac']:.3f} | gnorm {row['grad_norm']:.3f} | "
+                  f"lr {row['lr']:.1e} | rollout {row['rollout_s']:.1f}s | train {row['train_s']:.1f}s | "
+                  f"{tot[3].item() / max(t2 - t0, 1e-9):.0f} tok/s", flush=True)
+            if cfg.log_samples_every and step % cfg.log_samples_every == 0 and generated:
+                with open(out / "samples.jsonl", "a") as f:
+                    for x in generated[:2]:
+                        f.write(json.dumps({"step": step, "reward": x["reward"], "completion": x["text"]}) + "\n")
+                        print(f"  [reward {x['reward']:.1f}] {x['text']!r}")
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+            run_eval()
+        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+            state = {"step": step, "cursor": cursor, "opt_step": opt_step, "config": vars(cfg)}
+            path = save_checkpoint(out, step, model, opt, state, tok, d, keep_last=cfg.keep_last)
+            if d.is_main:
+                print(f"saved {path}")
+    verifier.close()
+    distributed.teardown(d)
+    return out
+
+
+if __name__ == "__main__":
+    main()
