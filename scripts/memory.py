@@ -1,0 +1,57 @@
+"""Expected memory per GPU for GRPO with nanoR1 on Qwen2.5 0.5B / 1.5B / 3B / 7B (an estimate, not a
+measurement): python scripts/memory.py [--gpus 8] [--micro 8] [--seq 1536] [--rollout 64]
+
+Counted per GPU, for N GPUs under FSDP2 (fully_shard per block, fp32 master weights, bf16 compute):
+- training state: fp32 parameters (4 B) + fp32 gradients (4 B) + AdamW moments (8 B) = 16 B/param, / N
+- rollout phase: the whole model gathered once in bf16 (2 B/param, not sharded) plus the KV cache of the
+  rank's rollout batch: 2 (k, v) x layers x kv_heads x head_dim x 2 B per token
+- training activations with gradient checkpointing: each block's input kept (layers x b x T x C x 2 B) plus
+  one block recomputed at a time (about 16 x b x T x C x 2 B, MLP width included roughly) plus one
+  gathered bf16 block; the fused log-prob kernel never holds the (b*T, V) logits
+The frozen reference model (beta > 0) adds 4 B/param / N (fp32, sharded). Allocator slack is not counted.
+"""
+import argparse
+
+# Published Qwen2.5 configs: (hidden, intermediate, layers, heads, kv_heads, vocab, tied)
+MODELS = {
+    "0.5B": (896, 4864, 24, 14, 2, 151936, True),
+    "1.5B": (1536, 8960, 28, 12, 2, 151936, True),
+    "3B": (2048, 11008, 36, 16, 2, 151936, True),
+    "7B": (3584, 18944, 28, 28, 4, 152064, False),
+}
+
+
+def params(C, I, L, H, K, V, tied):
+    D = C // H
+    attn = C * H * D + 2 * C * K * D + H * D * C + (H + 2 * K) * D  # q, k, v (with bias), o
+    mlp = 3 * C * I
+    return L * (attn + mlp + 2 * C) + V * C * (1 if tied else 2) + C
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--micro", type=int, default=8, help="sequences per micro-batch")
+    ap.add_argument("--seq", type=int, default=1536, help="prompt + completion tokens")
+    ap.add_argument("--rollout", type=int, default=64, help="sequences generated at once per GPU")
+    a = ap.parse_args()
+    G = 2 ** 30
+    print(f"N = {a.gpus} GPUs, micro-batch {a.micro} x {a.seq} tokens, rollout {a.rollout} sequences x {a.seq} "
+          f"tokens per GPU")
+    print("| model | params | train state / GPU | rollout (weights + KV) / GPU | activations / GPU | peak / GPU |")
+    print("|---|---|---|---|---|---|")
+    for name, (C, I, L, H, K, V, tied) in MODELS.items():
+        P = params(C, I, L, H, K, V, tied)
+        state = 16 * P / a.gpus
+        kv = 2 * L * K * (C // H) * 2 * a.rollout * a.seq
+        rollout = 2 * P + kv
+        tokens = a.micro * a.seq
+        block = (P - V * C * (1 if tied else 2)) / L
+        act = L * tokens * C * 2 + 16 * tokens * C * 2 + 2 * block
+        peak = state + max(rollout, act)
+        print(f"| {name} | {P / 1e9:.2f}B | {state / G:.1f} GiB | {2 * P / G:.1f} + {kv / G:.1f} GiB | "
+              f"{act / G:.1f} GiB | {peak / G:.1f} GiB |")
+
+
+if __name__ == "__main__":
+    main()
