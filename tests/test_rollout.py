@@ -141,3 +141,12 @@ def test_context_overflow_is_a_clear_error(tiny):
     model, _ = tiny
     with pytest.raises(ValueError, match="exceeds the model's context of 128"):
         generate(model, [[1] * 100], max_new_tokens=40)
+
+
+def test_rollout_through_the_triton_kernels_matches_torch(tiny, monkeypatch):
+    """The whole engine with decode attention and sampling in Triton (the interpreter on the CPU)."""
+    model, _ = tiny
+    prompts = [torch.randint(0, V, (n,)).tolist() for n in (3, 8)]
+    ref = generate(model, prompts, max_new_tokens=6, temperature=0, n=2)
+    monkeypatch.setenv("NANOR1_TRITON", "1")
+    assert generate(model, prompts, max_new_tokens=6, temperature=0, n=2) == ref
