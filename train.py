@@ -49,9 +49,8 @@ def prompt_stream(n_rows, seed):
     return at
 
 
-def rollout_round(cfg, model, tok, task, rows, verifier, seed, d):
-    """Generate and score G completions for each of this rank's rows."""
-    prompts = encode_prompts(task, tok, rows)
+def rollout_round(cfg, model, tok, task, rows, prompts, verifier, seed, d):
+    """Generate and score G completions for each of this rank's rows (prompts: their token ids)."""
     with distributed.gathered(model), autocast(d):
         res = generate(model, prompts, cfg.max_completion_len, temperature=cfg.temperature, top_k=cfg.top_k,
                        top_p=cfg.top_p, eos_token_id=sorted(tok.eos_token_ids), n=cfg.group_size,
@@ -73,11 +72,13 @@ def collect(cfg, model, tok, task, train_rows, stream, cursor, verifier, step, d
         ids = [stream(cursor + i) for i in range(d.rank * P_rank, (d.rank + 1) * P_rank)]
         cursor += cfg.prompts_per_step  # every rank advances the same global cursor
         rows = [train_rows[i] for i in ids]
-        fits = [len(p) <= cfg.max_prompt_len for p in encode_prompts(task, tok, rows)]
+        prompts = encode_prompts(task, tok, rows)
+        fits = [len(p) <= cfg.max_prompt_len for p in prompts]
         skipped += fits.count(False)
         rows = [r for r, ok in zip(rows, fits) if ok]
+        prompts = [p for p, ok in zip(prompts, fits) if ok]
         seed = ((cfg.seed * 1_000_003 + step) * 131 + rnd) * 4099 + d.rank
-        items = rollout_round(cfg, model, tok, task, rows, verifier, seed, d) if rows else []
+        items = rollout_round(cfg, model, tok, task, rows, prompts, verifier, seed, d) if rows else []
         generated += items
         groups = [items[i:i + G] for i in range(0, len(items), G)]
         if cfg.dynamic_sampling:
@@ -197,6 +198,9 @@ def lr_at(cfg, opt_step):
 def main(argv=None):
     cfg = parse_args(argv)
     d = distributed.setup()
+    if cfg.prompts_per_step % d.world_size:
+        raise ValueError(f"--prompts_per_step {cfg.prompts_per_step} must be a multiple of the {d.world_size} ranks "
+                         "(whole groups stay on one rank)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.resume and not cfg.out and cfg.resume == "latest":
