@@ -138,8 +138,8 @@ def _threshold_ref(z, top_k, top_p):
 def sample_ref(logits, temperature, top_k=0, top_p=1.0, seed=0, offsets=None):
     """Plain torch. logits (B, V); returns (B,) int64. The same two-round race as the kernel."""
     B, V = logits.shape
-    if temperature == 0:
-        return logits.argmax(-1)
+    if temperature == 0:  # max(-1).indices: the first maximal index like argmax, ~3x faster on CPU bf16
+        return logits.max(-1).indices
     if offsets is None:
         offsets = torch.arange(B, device=logits.device)
     z = logits.float() * _inv_t(temperature)  # (B, V)
