@@ -17,7 +17,7 @@ Log-probs come from the fused kernel (never the (N, V) logits) at the rollout te
 scores exactly the distribution the sampler drew from (`logprob_mismatch` in the metrics).
 """
 import json
-import math
+import sys
 import time
 from pathlib import Path
 
@@ -205,17 +205,20 @@ def main(argv=None):
         torch.set_num_threads(cfg.threads)
     if cfg.resume and not cfg.out and cfg.resume == "latest":
         raise ValueError("--resume latest needs --out (the run folder to continue)")
+    torch.manual_seed(cfg.seed)
+    # Inputs first (a bad --model or --task fails before anything is written), then the run folder.
+    model = Transformer.from_pretrained(cfg.model, dtype=torch.float32, device=d.device)  # fp32 master
+    model.gradient_checkpointing = cfg.grad_checkpointing
+    tok = Tokenizer.from_pretrained(cfg.model)
+    task = get_task(cfg.task, cfg.template or None)
     out = cfg.out or time.strftime("out/run-%Y%m%d-%H%M%S")
     out = Path(distributed.all_gather_objects(out, d)[0])  # rank 0's timestamp names the folder
+    if not cfg.resume and (out / "metrics.jsonl").exists():
+        raise ValueError(f"{out} already holds a run: continue it with --resume latest, or choose another --out")
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.json")
-        print(json.dumps(vars(cfg), indent=1))
-    torch.manual_seed(cfg.seed)
-
-    tok = Tokenizer.from_pretrained(cfg.model)
-    model = Transformer.from_pretrained(cfg.model, dtype=torch.float32, device=d.device)  # fp32 master
-    model.gradient_checkpointing = cfg.grad_checkpointing
+        print(json.dumps(vars(cfg)))
     ref = None
     if cfg.beta > 0:  # the frozen reference exists only when the KL term is on
         ref = Transformer.from_pretrained(cfg.model, dtype=torch.float32, device=d.device).requires_grad_(False)
@@ -223,7 +226,6 @@ def main(argv=None):
     distributed.shard(model, d)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay, eps=1e-8)
-    task = get_task(cfg.task, cfg.template or None)
     train_rows, eval_rows = list(task.train_rows()), list(task.eval_rows())[:cfg.eval_size]
     stream = prompt_stream(len(train_rows), cfg.seed)
     verifier = Verifier(task)
@@ -302,4 +304,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:  # bad input: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
