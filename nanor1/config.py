@@ -1,5 +1,8 @@
 """The training configuration: one typed dataclass, each field with its one-line help, and a tiny
-`--key value` parser over its fields. The resolved config is printed and saved as OUT/config.json."""
+`--key value` parser over its fields. The resolved config is printed and saved as OUT/config.json.
+
+The defaults are the CPU demo (`python train.py`): the shipped tiny base on its arithmetic task. For a real
+Qwen checkpoint set at least --model, --task, --lr (about 1e-6) and --max_completion_len (about 1024)."""
 import dataclasses
 import json
 import sys
@@ -14,14 +17,14 @@ class TrainConfig:
     template: str = ""  # prompt template of the task ("" = the task's default: base or instruct)
     out: str = ""  # output folder ("" = a new timestamped folder under out/)
     resume: str = ""  # "latest" = the newest checkpoint in --out, or a checkpoint folder; "" = start fresh
-    steps: int = 60  # training steps; each generates a rollout batch, scores it, then runs mu passes of updates
+    steps: int = 100  # training steps; each generates a rollout batch, scores it, then runs mu passes of updates
     seed: int = 0  # seeds data order, sampling and init of everything random
     threads: int = 2  # torch CPU threads (0 = torch's default); fixed so CPU runs are reproducible
     # --- rollouts
     prompts_per_step: int = 32  # P: prompts per step (over all ranks)
     group_size: int = 8  # G: completions per prompt
     max_prompt_len: int = 256  # longer prompts are skipped (counted in the log)
-    max_completion_len: int = 64  # generation budget per completion (also dr_grpo's max_len)
+    max_completion_len: int = 48  # generation budget per completion (also dr_grpo's max_len); ~1024 for real tasks
     temperature: float = 1.0  # rollout temperature; the trainer's log-probs use the same
     top_p: float = 1.0  # rollout nucleus sampling (1 = off)
     top_k: int = 0  # rollout top-k (0 = off)
@@ -36,7 +39,7 @@ class TrainConfig:
     beta: float = 0.0  # KL(pi || ref) weight, k3 estimator; > 0 keeps a frozen reference model
     mu: int = 1  # passes over each rollout batch (PPO epochs)
     # --- optimisation
-    lr: float = 1e-6  # peak AdamW learning rate
+    lr: float = 1e-4  # peak AdamW learning rate (the tiny demo's; about 1e-6 for 0.5B-7B Qwen models)
     warmup_steps: int = 0  # linear warm-up (in optimiser steps) from 0 to lr, then constant
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.99  # AdamW beta2
@@ -46,10 +49,10 @@ class TrainConfig:
     micro_batch_size: int = 16  # sequences per forward/backward on each rank (memory knob, no effect on the math)
     grad_checkpointing: bool = False  # recompute each block in backward: activation memory / layers
     # --- evaluation, logging, checkpoints
-    eval_every: int = 0  # greedy pass@1 on the held-out set every N steps (0 = only at start and end)
+    eval_every: int = 10  # greedy pass@1 on the held-out set every N steps (0 = only at start and end)
     eval_size: int = 200  # held-out problems evaluated (the first N of the task's fixed eval split)
     log_samples_every: int = 10  # write a few decoded rollouts to samples.jsonl every N steps
-    save_every: int = 0  # checkpoint every N steps (0 = only at the end)
+    save_every: int = 50  # checkpoint every N steps (0 = only at the end)
     keep_last: int = 2  # checkpoints kept; older ones are pruned
 
 
