@@ -39,7 +39,7 @@ class TrainConfig:
     beta: float = 0.0  # KL(pi || ref) weight, k3 estimator; > 0 keeps a frozen reference model
     mu: int = 1  # passes over each rollout batch (PPO epochs)
     # --- optimisation
-    lr: float = 1e-4  # peak AdamW learning rate (the tiny demo's; about 1e-6 for 0.5B-7B Qwen models)
+    lr: float = 3e-5  # peak AdamW learning rate (the tiny demo's; about 1e-6 for 0.5B-7B Qwen models)
     warmup_steps: int = 0  # linear warm-up (in optimiser steps) from 0 to lr, then constant
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.99  # AdamW beta2
