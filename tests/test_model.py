@@ -193,3 +193,17 @@ def test_model_logprobs_and_grads_through_triton_match_torch(tmp_path, tied):
     torch.testing.assert_close(ep, et, rtol=1e-4, atol=1e-5)
     for name in gt:
         torch.testing.assert_close(gp[name], gt[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    folder, _ = hf_tiny(tmp_path)
+    ids, tgt = torch.randint(0, 97, (2, 9)), torch.randint(0, 97, (2, 9))
+    grads = []
+    for ckpt in (False, True):
+        model = Transformer.from_pretrained(folder, dtype=torch.float32)
+        model.gradient_checkpointing = ckpt
+        logp, _ = model(ids, targets=tgt)
+        logp.sum().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

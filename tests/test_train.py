@@ -126,3 +126,43 @@ def test_config_parses_types_and_flags():
                       "--resume"])
     assert (cfg.steps, cfg.lr, cfg.dynamic_sampling, cfg.scale_rewards, cfg.resume) == (3, 1e-5, True, False,
                                                                                         "latest")
+
+
+class HalfFlatTask(DigitTask):
+    """Rows marked flat always score 0.5 (a group with no signal); the others score like DigitTask."""
+
+    def reward(self, completion, row):
+        return 0.5 if row.get("flat") else super().reward(completion, row)
+
+
+def test_dynamic_sampling_keeps_only_groups_with_signal(folder):
+    torch.manual_seed(0)
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    data = [dict(r, flat=i % 2 == 0) for i, r in enumerate(rows(64))]
+    task, tok, d = HalfFlatTask(), IntTokenizer(), Dist()
+    cfg = TrainConfig(prompts_per_step=8, group_size=4, max_completion_len=6, dynamic_sampling=True,
+                      max_refill_rounds=3)
+    groups, gen, cursor, _ = train.collect(cfg, model, tok, task, data, train.prompt_stream(64, 0), 0,
+                                           InProcessVerifier(task), 1, d)
+    assert len(groups) == 8 and all(len({s["reward"] for s in g}) > 1 for g in groups)
+    assert cursor > 8 and len(gen) == cursor // 8 * 8 * 4  # refilled from new prompts, every round logged
+    off = TrainConfig(prompts_per_step=8, group_size=4, max_completion_len=6)
+    groups, _, cursor, _ = train.collect(off, model, tok, task, data, train.prompt_stream(64, 0), 0,
+                                         InProcessVerifier(task), 1, d)
+    assert cursor == 8 and sum(len({s["reward"] for s in g}) == 1 for g in groups) >= 3  # flat groups stay
+
+
+def test_masked_truncated_completions_get_no_gradient(folder):
+    torch.manual_seed(0)
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    cfg = TrainConfig(prompts_per_step=2, group_size=2, max_completion_len=6, mask_truncated=True, lr=0.1,
+                      grad_clip=0.0)
+    # Every completion truncated: with the mask on, the step must leave the weights exactly as they were.
+    groups = [[dict(prompt=[1, 2, 3], completion=[4, 5, 6, 7, 8, 9], sampler_logp=[0.0] * 6, truncated=True,
+                    reward=r) for r in (0.0, 1.0)] for _ in range(2)]
+    before = [p.detach().clone() for p in model.parameters()]
+    train.train_step(cfg, model, None, torch.optim.SGD(model.parameters(), lr=0.1), groups, 0, Dist())
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+    cfg.mask_truncated = False  # the same batch unmasked does move them
+    train.train_step(cfg, model, None, torch.optim.SGD(model.parameters(), lr=0.1), groups, 0, Dist())
+    assert not all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
