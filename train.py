@@ -124,28 +124,35 @@ def token_logprobs(model, seqs, cfg, d):
 
 
 def train_step(cfg, model, ref, opt, groups, opt_step, d):
-    """mu passes over the rollout batch, one optimiser step per mini-batch. Returns metrics."""
+    """mu passes over the rollout batch, one optimiser step per mini-batch. Returns metrics (sums over this
+    rank's tokens, reduced over ranks by the caller) and the new optimiser step count."""
     G = cfg.group_size
     seqs = [s for g in groups for s in g]
     adv = group_advantages(torch.tensor([s["reward"] for s in seqs]), G, scale=cfg.scale_rewards)
     for s, a in zip(seqs, adv.tolist()):
-        s["adv"] = a * (0.0 if cfg.mask_truncated and s["truncated"] else 1.0)
-        s["weight"] = 0.0 if cfg.mask_truncated and s["truncated"] else 1.0
+        s["adv"] = a
+        s["weight"] = 0.0 if cfg.mask_truncated and s["truncated"] else 1.0  # DAPO's overlong filter
     n_mini = cfg.prompts_per_step * G // cfg.mini_batch_size if cfg.mini_batch_size else 1
     minis = [seqs[i::n_mini] for i in range(n_mini)] if seqs else []
-    micro = lambda batch: [batch[i:i + cfg.micro_batch_size] for i in range(0, len(batch), cfg.micro_batch_size)]
     one_pass = cfg.mu == 1 and n_mini == 1  # old_logp = logp.detach(): no extra forward (ratio 1)
+    m = {k: 0.0 for k in ("loss", "entropy", "mismatch", "clip_frac", "kl", "tokens", "tokens0", "grad_norm")}
+
+    def policy_stats(logp, entropy, mask, sampler):
+        """Entropy and sampler-vs-trainer mismatch, both of the policy that sampled (before any update)."""
+        m["entropy"] += (entropy * mask).sum().item()
+        m["mismatch"] += ((logp.detach() - sampler).abs() * mask).sum().item()
+        m["tokens0"] += mask.sum().item()
 
     with torch.no_grad():  # before any update: old (if needed) and reference log-probs
-        for mb in micro(seqs):
+        for mb in micro_batches(seqs, cfg.micro_batch_size):
             for key, net in (("old", None if one_pass else model), ("ref", ref)):
                 if net is not None:
-                    lp, _, _, _ = token_logprobs(net, mb, cfg, d)
+                    lp, entropy, mask, sampler = token_logprobs(net, mb, cfg, d)
+                    if key == "old":
+                        policy_stats(lp, entropy, mask, sampler)
                     for s, row in zip(mb, lp):  # each row trimmed to its own length (micro-batches regroup)
                         s[key] = row[:len(s["prompt"]) + len(s["completion"]) - 1]
 
-    m = {k: 0.0 for k in ("loss", "entropy", "mismatch", "clip_frac", "kl", "tokens", "grad_norm")}
-    first = True
     for epoch in range(cfg.mu):
         for mini in minis:
             # Step-wide normaliser over all micro-batches and ranks: sequences (grpo, dr_grpo) or tokens (dapo).
@@ -154,35 +161,37 @@ def train_step(cfg, model, ref, opt, groups, opt_step, d):
             else:
                 local = float(len(mini))
             norm = distributed.all_reduce(torch.tensor(float(local)), d).clamp(min=1).item()
-            for mb in micro(mini):
+            for mb in micro_batches(mini, cfg.micro_batch_size):
                 logp, entropy, mask, sampler = token_logprobs(model, mb, cfg, d)
-                w = torch.tensor([s["weight"] for s in mb], device=mask.device)[:, None]
+                if one_pass:
+                    policy_stats(logp, entropy, mask, sampler)
+                mask = mask * torch.tensor([s["weight"] for s in mb], device=mask.device)[:, None]
                 old = logp.detach() if one_pass else _stack(mb, "old", logp)
                 ref_lp = _stack(mb, "ref", logp) if ref is not None else None
                 A = torch.tensor([s["adv"] for s in mb], device=logp.device)
-                loss, st = policy_loss(logp, old, A, mask * w, cfg.loss_type, cfg.clip_low, cfg.clip_high,
+                loss, st = policy_loss(logp, old, A, mask, cfg.loss_type, cfg.clip_low, cfg.clip_high,
                                        ref_lp, cfg.beta, max_len=cfg.max_completion_len, normalizer=norm)
                 # FSDP averages gradients over ranks; the normaliser already spans ranks, so undo the mean.
                 (loss * d.world_size).backward()
                 n_tok = mask.sum().item()
-                m["loss"] += loss.item()
+                m["loss"] += loss.item() / (len(minis) * cfg.mu)  # mean over optimiser steps
                 m["clip_frac"] += (st["clip_frac_low"] + st["clip_frac_high"]).item() * n_tok
                 m["kl"] += st.get("kl", torch.tensor(0.0)).item() * n_tok
-                if first:  # the pre-update policy: entropy and sampler-vs-trainer mismatch
-                    m["entropy"] += (entropy * mask).sum().item()
-                    m["mismatch"] += ((logp.detach() - sampler).abs() * mask).sum().item()
                 m["tokens"] += n_tok
-            first = False
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, opt_step)
             norm_total = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            if hasattr(norm_total, "full_tensor"):
+            if hasattr(norm_total, "full_tensor"):  # a DTensor under FSDP: the norm over all shards
                 norm_total = norm_total.full_tensor()
-            m["grad_norm"] += norm_total.item() / len(minis) / cfg.mu
+            m["grad_norm"] += norm_total.item() / (len(minis) * cfg.mu)
             opt.step()
             opt.zero_grad(set_to_none=True)
             opt_step += 1
     return m, opt_step
+
+
+def micro_batches(batch, size):
+    return [batch[i:i + size] for i in range(0, len(batch), size)]
 
 
 def _stack(mb, key, like):
@@ -266,14 +275,14 @@ def main(argv=None):
         tot = torch.tensor([len(generated), sum(x["reward"] for x in generated),
                             sum(task.is_correct(x["reward"]) for x in generated),
                             sum(len(x["completion"]) for x in generated), m["tokens"], m["entropy"],
-                            m["mismatch"], m["clip_frac"], m["kl"], m["loss"], skipped, len(groups)],
+                            m["mismatch"], m["clip_frac"], m["kl"], m["loss"], skipped, len(groups), m["tokens0"]],
                            dtype=torch.float64)
         distributed.all_reduce(tot, d)
-        n, tokens = max(tot[0].item(), 1), max(tot[4].item(), 1)
+        n, tokens, tokens0 = max(tot[0].item(), 1), max(tot[4].item(), 1), max(tot[12].item(), 1)
         row = {"step": step, "reward": tot[1].item() / n, "accuracy": tot[2].item() / n,
-               "response_length": tot[3].item() / n, "entropy": tot[5].item() / tokens,
+               "response_length": tot[3].item() / n, "entropy": tot[5].item() / tokens0,
                "clip_frac": tot[7].item() / tokens, "grad_norm": m["grad_norm"], "lr": lr_at(cfg, opt_step - 1),
-               "loss": tot[9].item(), "logprob_mismatch": tot[6].item() / tokens,
+               "loss": tot[9].item(), "logprob_mismatch": tot[6].item() / tokens0,
                "groups": int(tot[11].item()), "rollout_s": t1 - t0, "train_s": t2 - t1}
         if cfg.beta > 0:
             row["kl"] = tot[8].item() / tokens
