@@ -108,7 +108,6 @@ def cached_attention(q, k_new, v_new, cache: KVCache, layer: int, start):
     """Write this step's keys/values into the cache, then attend over the cache.
     q (B, H, T, D), k_new/v_new (B, K, T, D), start (B,): where each row's new tokens begin."""
     B, H, T, D = q.shape
-    K = k_new.shape[1]
     k_cache, v_cache = cache.k[layer], cache.v[layer]  # (B, K, S, D) views into the big buffer
     pos = start[:, None] + torch.arange(T, device=q.device)  # (B, T) cache slots written now
     rows = torch.arange(B, device=q.device)[:, None]  # (B, 1)
@@ -123,9 +122,9 @@ def cached_attention(q, k_new, v_new, cache: KVCache, layer: int, start):
     keys = torch.arange(S, device=q.device)
     allowed = keys[None, None, :] <= pos[:, :, None]  # (B, T, S)
     valid = (keys[None, :] <= pos[:, -1:])[:, None, :, None]  # (B, 1, S, 1): slots some query may read
-    k = torch.where(valid, k_cache[:, :, :S], 0).repeat_interleave(H // K, dim=1)  # (B, H, S, D)
-    v = torch.where(valid, v_cache[:, :, :S], 0).repeat_interleave(H // K, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    k = torch.where(valid, k_cache[:, :, :S], 0)  # (B, K, S, D), garbage slots zeroed
+    v = torch.where(valid, v_cache[:, :, :S], 0)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], enable_gqa=True)
 
 
 class Attention(nn.Module):
