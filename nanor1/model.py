@@ -33,6 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels.decode_attention import decode_attention
+from kernels.logprob import linear_logprob
+
 
 @dataclass
 class ModelConfig:
@@ -115,7 +118,6 @@ def cached_attention(q, k_new, v_new, cache: KVCache, layer: int, start):
     k_cache[rows, :, pos] = k_new.transpose(1, 2)
     v_cache[rows, :, pos] = v_new.transpose(1, 2)
     if T == 1:  # decoding: one query per row over its cache (the Triton decode kernel on CUDA)
-        from kernels.decode_attention import decode_attention
         return decode_attention(q[:, :, 0], k_cache, v_cache, start + 1)[:, :, None]  # (B, H, 1, D)
     # Prefill: attend causally over slots [0, start + t]. Slots beyond are garbage for this query.
     S = int(pos.max()) + 1
@@ -261,7 +263,6 @@ class Transformer(nn.Module):
         if return_hidden:
             return x
         if targets is not None:
-            from kernels.logprob import linear_logprob
             # autocast does not reach a custom autograd Function: cast the (fp32 master) weight to the
             # compute dtype here, differentiably, as F.linear under autocast would.
             weight = self.lm_head.weight.to(x.dtype)
