@@ -1,6 +1,7 @@
 """Decode throughput of nanor1's rollout engine vs transformers' generate and a no-cache loop.
 
     python bench/bench_rollout.py [--batches 1 8 32] [--new 128] [--prompt 32] [--threads 2]
+    python bench/bench_rollout.py --device cuda --batches 64 --new 512 --temperature 1   issue 7's GPU figure
 
 Same random-weight model with the exact Qwen2.5-0.5B shape (hidden 896, 24 layers, 14/2 heads,
 vocab 151936, tied), bf16, same prompts, greedy, `--new` tokens forced (no EOS). The floor is the time of
@@ -73,8 +74,12 @@ def main():
     ap.add_argument("--no_cache_new", type=int, default=16, help="tokens for the (slow) no-cache loop")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cuda: time nanor1 alone (Triton kernels), tokens/s")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.device != "cpu":
+        return gpu(args)
     import transformers
     model = random_model()
     with tempfile.TemporaryDirectory() as d:
@@ -101,6 +106,23 @@ def main():
         print(f"| {B} | {tok / t_ours:.1f} | {tok / t_hf:.1f} | {t_hf / t_ours:.2f}x | "
               f"{B * args.no_cache_new / t_nc:.1f} | {tok / floor:.1f} | {100 * floor / t_ours:.0f}% |"
               f"  ({same}/{B} rows token-identical to transformers)", flush=True)
+
+
+def gpu(args):
+    """End-to-end rollout on a GPU: the engine with the decode-attention and sampling kernels."""
+    model = random_model().to(args.device)
+    g = torch.Generator().manual_seed(0)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, prompt {args.prompt}, new {args.new}, "
+          f"T={args.temperature}")
+    print("| batch | tokens/s | ms / decode step |")
+    print("|---|---|---|")
+    for B in args.batches:
+        prompts = torch.randint(0, 151643, (B, args.prompt), generator=g).tolist()
+        generate(model, prompts, 8, temperature=args.temperature)  # warm-up: compile the kernels
+        torch.cuda.synchronize()
+        t, _ = timed(lambda: (generate(model, prompts, args.new, temperature=args.temperature),
+                              torch.cuda.synchronize()))
+        print(f"| {B} | {B * args.new / t:.0f} | {1e3 * t / args.new:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
