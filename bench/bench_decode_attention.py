@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import add_common_args, dispatch  # noqa: E402
 from kernels.decode_attention import decode_attention, decode_attention_ref  # noqa: E402
 
 
@@ -88,13 +89,5 @@ if __name__ == "__main__":
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--contexts", type=int, nargs="+", default=[512, 1024, 4096])
     p.add_argument("--splits", type=int, nargs="*", default=[1, 2, 4, 8], help="extra split counts to sweep")
-    p.add_argument("--cpu", action="store_true", help="time the torch reference on the CPU instead")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--iters", type=int, default=5)
-    args = p.parse_args()
-    if args.cpu:
-        cpu(args)
-    elif torch.cuda.is_available():
-        gpu(args)
-    else:
-        print("needs CUDA (pass --cpu to time the torch reference on the CPU)")
+    add_common_args(p, iters=5)
+    dispatch(p.parse_args(), cpu, gpu)

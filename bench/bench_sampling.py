@@ -17,6 +17,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import add_common_args, dispatch  # noqa: E402
 from kernels.sampling import sample, sample_ref, sample_triton  # noqa: E402
 
 
@@ -97,13 +98,5 @@ if __name__ == "__main__":
     ap.add_argument("--logits", nargs="+", default=["peaked", "flat"], choices=["peaked", "flat"])
     ap.add_argument("--pivots", type=int, nargs="*", default=[4, 16], help="extra pivot counts (powers of 2)")
     ap.add_argument("--splits", type=int, nargs="*", default=[1, 4], help="extra vocabulary splits, plain mode")
-    ap.add_argument("--cpu", action="store_true", help="time the torch reference on the CPU instead")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--iters", type=int, default=3)
-    args = ap.parse_args()
-    if args.cpu:
-        cpu(args)
-    elif torch.cuda.is_available():
-        gpu(args)
-    else:
-        print("needs CUDA (pass --cpu to time the torch reference on the CPU)")
+    add_common_args(ap, iters=3)
+    dispatch(ap.parse_args(), cpu, gpu)
