@@ -17,6 +17,7 @@ Log-probs come from the fused kernel (never the (N, V) logits) at the rollout te
 scores exactly the distribution the sampler drew from (`logprob_mismatch` in the metrics).
 """
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from nanor1 import distributed
 from nanor1.checkpoint import list_checkpoints, load_checkpoint, resolve, save_checkpoint
 from nanor1.config import parse_args, save as save_config
-from nanor1.evaluate import encode_prompts, evaluate, stop_ids
+from nanor1.evaluate import encode_prompts, evaluate
 from nanor1.grpo import group_advantages, policy_loss
 from nanor1.model import Transformer
 from nanor1.rollout import generate
@@ -50,11 +51,14 @@ def prompt_stream(n_rows, seed):
 
 
 def rollout_round(cfg, model, tok, task, rows, prompts, verifier, seed, d):
-    """Generate and score G completions for each of this rank's rows (prompts: their token ids)."""
+    """Generate and score G completions for each of this rank's rows (prompts: their token ids). Every
+    rank enters `gathered` (an all-gather), also one whose prompts were all skipped."""
     with distributed.gathered(model), autocast(d):
+        if not prompts:
+            return []
         res = generate(model, prompts, cfg.max_completion_len, temperature=cfg.temperature, top_k=cfg.top_k,
                        top_p=cfg.top_p, eos_token_id=sorted(tok.eos_token_ids), n=cfg.group_size,
-                       stop=stop_ids(task, tok), seed=seed, details=True)
+                       stop_strings=task.stop, decode=tok.decode, seed=seed, details=True)
     texts = [tok.decode(c) for c in res.tokens]
     rewards = verifier.score(texts, [r for r in rows for _ in range(cfg.group_size)])
     G = cfg.group_size
@@ -78,7 +82,7 @@ def collect(cfg, model, tok, task, train_rows, stream, cursor, verifier, step, d
         rows = [r for r, ok in zip(rows, fits) if ok]
         prompts = [p for p, ok in zip(prompts, fits) if ok]
         seed = ((cfg.seed * 1_000_003 + step) * 131 + rnd) * 4099 + d.rank
-        items = rollout_round(cfg, model, tok, task, rows, prompts, verifier, seed, d) if rows else []
+        items = rollout_round(cfg, model, tok, task, rows, prompts, verifier, seed, d)
         generated += items
         groups = [items[i:i + G] for i in range(0, len(items), G)]
         if cfg.dynamic_sampling:
@@ -199,6 +203,20 @@ def _stack(mb, key, like):
     return torch.stack([torch.nn.functional.pad(s[key], (0, T - s[key].shape[0])) for s in mb])
 
 
+def truncate_log(path, step):
+    """Keep the JSON lines of steps <= step (a line torn by a crash does not parse and goes too)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
+    path.write_text("".join(keep))
+
+
 def lr_at(cfg, opt_step):
     """Linear warm-up to cfg.lr over warmup_steps optimiser steps, then constant."""
     return cfg.lr * min(1.0, (opt_step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
@@ -220,6 +238,9 @@ def main(argv=None):
     model.gradient_checkpointing = cfg.grad_checkpointing
     tok = Tokenizer.from_pretrained(cfg.model)
     task = get_task(cfg.task, cfg.template or None)
+    if cfg.max_prompt_len + cfg.max_completion_len > model.config.max_position_embeddings:
+        raise ValueError(f"--max_prompt_len {cfg.max_prompt_len} + --max_completion_len {cfg.max_completion_len} "
+                         f"exceeds the model's context of {model.config.max_position_embeddings} tokens")
     out = cfg.out or time.strftime("out/run-%Y%m%d-%H%M%S")
     out = Path(distributed.all_gather_objects(out, d)[0])  # rank 0's timestamp names the folder
     if not cfg.resume and (out / "metrics.jsonl").exists():
@@ -245,9 +266,12 @@ def main(argv=None):
         ck = resolve(cfg.resume, out)
         state = load_checkpoint(ck, model, opt, d)
         step, cursor, opt_step = state["step"], state["cursor"], state["opt_step"]
-        if d.is_main:  # rows a crashed run logged after this checkpoint are replayed: drop them
-            rows = [json.loads(x) for x in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
-            metrics_file.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+        if d.is_main:  # what a crashed run wrote after this checkpoint is replayed: drop it
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                truncate_log(out / name, step)
+            for newer in list_checkpoints(out):  # a later branch would be picked by the next --resume latest
+                if int(newer.name.split("-")[1]) > step:
+                    shutil.rmtree(newer)
             print(f"resumed from {ck} at step {step}")
 
     def log(row):
@@ -256,7 +280,8 @@ def main(argv=None):
                 f.write(json.dumps(row) + "\n")
 
     def run_eval():
-        s, _ = evaluate(model, tok, task, eval_rows, verifier, cfg.max_completion_len, temperature=0.0, d=d)
+        with autocast(d):  # the same numerics as the rollouts
+            s, _ = evaluate(model, tok, task, eval_rows, verifier, cfg.max_completion_len, temperature=0.0, d=d)
         log({"step": step, "eval_accuracy": s["pass@1"]})
         if d.is_main:
             print(f"step {step:4d} | eval greedy pass@1 {s['pass@1']:.3f} on {s['problems']} held-out problems")

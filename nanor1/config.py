@@ -23,7 +23,7 @@ class TrainConfig:
     # --- rollouts
     prompts_per_step: int = 32  # P: prompts per step (over all ranks)
     group_size: int = 8  # G: completions per prompt
-    max_prompt_len: int = 256  # longer prompts are skipped (counted in the log)
+    max_prompt_len: int = 128  # longer prompts are skipped (counted in the log); prompt + completion <= context
     max_completion_len: int = 48  # generation budget per completion (also dr_grpo's max_len); ~1024 for real tasks
     temperature: float = 1.0  # rollout temperature; the trainer's log-probs use the same
     top_p: float = 1.0  # rollout nucleus sampling (1 = off)

@@ -40,7 +40,9 @@ def setup() -> Dist:
     if cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # The trainer's small collectives (metrics, counts) are CPU tensors: gloo carries those, nccl the
+        # CUDA ones (FSDP's all-gathers and reduce-scatters).
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     return Dist(rank, world, local, torch.device(f"cuda:{local}" if cuda else "cpu"))
 
 
@@ -84,7 +86,9 @@ def gathered(model):
     finally:
         for m in mods:
             m.reshard()
-            m.set_reshard_after_forward(True, recurse=False)
+            # Blocks reshard after forward again; the root keeps its weights between forward and backward,
+            # which is FSDP2's own default for the root (its parameters are needed again first in backward).
+            m.set_reshard_after_forward(m is not model, recurse=False)
 
 
 def all_reduce(t: torch.Tensor, d: Dist, op="sum"):

@@ -25,11 +25,6 @@ def encode_prompts(task, tokenizer, rows):
     return [tokenizer.encode(task.prompt(row, tokenizer)) for row in rows]
 
 
-def stop_ids(task, tokenizer):
-    """The task's stop strings as token-id sequences (the rollout engine stops on ids)."""
-    return [tokenizer.encode(s) for s in task.stop]
-
-
 def evaluate(model, tokenizer, task, rows, verifier, max_new_tokens, num_samples=1, temperature=0.0, top_p=1.0,
              batch_size=64, seed=0, d=None):
     """Sample `num_samples` completions per row (greedy when temperature is 0) and score them. Under several
@@ -45,7 +40,7 @@ def evaluate(model, tokenizer, task, rows, verifier, max_new_tokens, num_samples
             batch = [rows[i] for i in idx]
             out = generate(model, encode_prompts(task, tokenizer, batch), max_new_tokens, temperature=temperature,
                            top_p=top_p, eos_token_id=sorted(tokenizer.eos_token_ids), n=n,
-                           stop=stop_ids(task, tokenizer), seed=seed + start)
+                           stop_strings=task.stop, decode=tokenizer.decode, seed=seed + start)
             texts = [tokenizer.decode(c) for c in out]  # special tokens kept, as the rewards expect
             rewards = verifier.score(texts, [r for r in batch for _ in range(n)])
             for j, i in enumerate(idx):

@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from kernels.decode_attention import decode_attention
 from kernels.logprob import linear_logprob
@@ -115,8 +116,9 @@ def cached_attention(q, k_new, v_new, cache: KVCache, layer: int, start):
     pos = start[:, None] + torch.arange(T, device=q.device)  # (B, T) cache slots written now
     rows = torch.arange(B, device=q.device)[:, None]  # (B, 1)
     # Advanced indexing puts the (B, T) index dims first: (B, T, K, D). ~50x faster than scatter_ on CPU.
-    k_cache[rows, :, pos] = k_new.transpose(1, 2)
-    v_cache[rows, :, pos] = v_new.transpose(1, 2)
+    # (.to: under autocast rope's fp32 angles promote k to fp32; the cache holds the compute dtype.)
+    k_cache[rows, :, pos] = k_new.transpose(1, 2).to(k_cache.dtype)
+    v_cache[rows, :, pos] = v_new.transpose(1, 2).to(v_cache.dtype)
     if T == 1:  # decoding: one query per row over its cache (the Triton decode kernel on CUDA)
         return decode_attention(q[:, :, 0], k_cache, v_cache, start + 1)[:, :, None]  # (B, H, 1, D)
     # Prefill: attend causally over slots [0, start + t]. Slots beyond are garbage for this query.
@@ -263,10 +265,12 @@ class Transformer(nn.Module):
         if return_hidden:
             return x
         if targets is not None:
-            # autocast does not reach a custom autograd Function: cast the (fp32 master) weight to the
-            # compute dtype here, differentiably, as F.linear under autocast would.
-            weight = self.lm_head.weight.to(x.dtype)
-            logp, entropy = linear_logprob(x.reshape(B * T, -1), weight, targets.reshape(B * T), temperature,
-                                           return_entropy=True, impl=self.logprob_impl)
+            # autocast does not reach a custom autograd Function: cast hidden states and the (fp32 master)
+            # weight to the compute dtype here, differentiably, as F.linear under autocast would.
+            dev = x.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+            logp, entropy = linear_logprob(x.reshape(B * T, -1).to(dtype), self.lm_head.weight.to(dtype),
+                                           targets.reshape(B * T), temperature, return_entropy=True,
+                                           impl=self.logprob_impl)
             return logp.view(B, T), entropy.view(B, T)
         return self.lm_head(x)  # (B, T, V)

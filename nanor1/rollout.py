@@ -37,10 +37,13 @@ def compute_dtype(model):
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, eos_token_id=None, n=1,
-             stop=None, seed=0, details=False, stream: Optional[Callable[[int, int], None]] = None):
+             stop=None, seed=0, details=False, stream: Optional[Callable[[int, int], None]] = None,
+             stop_strings=None, decode=None):
     """Sample `n` completions for each prompt (a GRPO group), prompt-major: completion i*n + j is sample j of
     prompt i. Returns list[list[int]], or a `Rollouts` with log-probs and truncation flags if `details`.
-    temperature 0 is greedy; top_k=0 and top_p=1 are off. `stream(seq, token)` sees each token as it comes."""
+    temperature 0 is greedy; top_k=0 and top_p=1 are off. `stream(seq, token)` sees each token as it comes.
+    `stop` holds token-id sequences; `stop_strings` text matched on the decoded tail (`decode` = the
+    tokenizer's), needed because BPE spells "</answer>" differently after " " or "." than alone."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
     if max_new_tokens < 1:
@@ -52,6 +55,11 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
                          f"context of {context} tokens")
     eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
     stop = [list(s) for s in (stop or []) if len(s)]
+    stop_strings = [s for s in (stop_strings or []) if s]
+    if stop_strings and decode is None:
+        raise ValueError("stop_strings needs decode (the tokenizer's decode function)")
+    # A stop string of b bytes lies within the last b + 1 tokens (each token decodes to >= 1 byte).
+    window = max((len(s.encode()) + 1 for s in stop_strings), default=0)
     device = model.model.embed_tokens.weight.device
     P = len(prompts)
 
@@ -86,7 +94,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
                 logps[s].append(lp[r])
             if stream is not None:
                 stream(s, x)
-            ended = x in eos or any(out[s][-len(q):] == q for q in stop)
+            ended = (x in eos or any(out[s][-len(q):] == q for q in stop)
+                     or (window and any(q in decode(out[s][-window:]) for q in stop_strings)))
             if not ended and t == max_new_tokens - 1:
                 truncated[s] = True
             if not ended:

@@ -34,7 +34,7 @@ def test_resume_gives_the_same_metrics(tmp_path):
     run(tmp_path / "split", "--steps", "2")
     # A crashed run may have logged past its last checkpoint: the resume must drop those rows.
     with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": 3, "reward": -1}) + "\n")
+        f.write(json.dumps({"step": 3, "reward": -1}) + "\n" + '{"step": 4, "rew')  # and a torn last line
     run(tmp_path / "split", "--steps", "4", "--resume", "latest")
     full, split = metrics(tmp_path / "full"), metrics(tmp_path / "split")
     assert [r["step"] for r in full] == [0, 1, 2, 2, 3, 4, 4]

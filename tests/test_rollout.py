@@ -1,5 +1,6 @@
 """The rollout engine on tiny random models: cache vs no cache, batching, stopping, sampling statistics."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +151,22 @@ def test_rollout_through_the_triton_kernels_matches_torch(tiny, monkeypatch):
     ref = generate(model, prompts, max_new_tokens=6, temperature=0, n=2)
     monkeypatch.setenv("NANOR1_TRITON", "1")
     assert generate(model, prompts, max_new_tokens=6, temperature=0, n=2) == ref
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "data/tiny/model.safetensors").is_file(),
+                    reason="data/tiny not built")
+def test_stop_strings_match_decoded_text():
+    """Stop strings are found in the decoded tail, however BPE splits them around neighbouring text."""
+    from nanor1.tokenizer import Tokenizer
+    tiny = Path(__file__).resolve().parents[1] / "data" / "tiny"
+    model, tok = Transformer.from_pretrained(tiny, dtype=torch.float32), Tokenizer.from_pretrained(tiny)
+    prompt = tok.encode("User: What is 12+34? Think, then answer in <answer> </answer>.\nAssistant: <think>")
+    free = tok.decode(generate(model, [prompt], 48, temperature=0)[0])
+    for stop in ("</answer>", "=", ", "):
+        assert stop in free
+        res = generate(model, [prompt], 48, temperature=0, stop_strings=[stop], decode=tok.decode, details=True)
+        text = tok.decode(res.tokens[0])
+        assert stop in text and free.startswith(text) and not res.truncated[0]
+        assert stop not in tok.decode(res.tokens[0][:-1])  # it stopped at the first token completing it
+    with pytest.raises(ValueError, match="needs decode"):
+        generate(model, [prompt], 4, stop_strings=["x"])
