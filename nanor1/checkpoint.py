@@ -104,14 +104,16 @@ def load_checkpoint(path, model, optimizer, d: Dist) -> dict:
     """Restore weights, optimiser and RNG states in place; returns the trainer state."""
     from safetensors.torch import load_file
     path = Path(path)
-    sd = load_file(path / "model.safetensors")
-    if model.config.tie_word_embeddings:
+    # Under FSDP only rank 0 reads the full weights; set_model_state_dict broadcasts and shards them
+    # (every rank reading them would hold world_size full fp32 copies in host memory).
+    sd = load_file(path / "model.safetensors") if d.is_main else {}
+    if sd and model.config.tie_word_embeddings:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     if d.enabled:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                              set_model_state_dict, set_optimizer_state_dict)
         import torch.distributed.checkpoint as dcp
-        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True))
+        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
         state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
         dcp.load(state, checkpoint_id=str(path / "optimizer"))
         set_optimizer_state_dict(model, optimizer, state["optimizer"])

@@ -73,3 +73,10 @@ def test_torchrun_train_default_setup(tmp_path):
              "--eval_size", "16", "--threads", "1", "--resume", "latest", timeout=600)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3, 4]
+    # ... exactly: the same rows as 4 steps without a stop (so rank 1's shards were restored too).
+    full = tmp_path / "full"
+    torchrun("train.py", "--steps", "4", "--out", full, "--prompts_per_step", "8", "--group_size", "4",
+             "--eval_size", "16", "--threads", "1", timeout=600)
+    strip = lambda f: [{k: v for k, v in json.loads(x).items() if k not in ("rollout_s", "train_s")}
+                       for x in (f / "metrics.jsonl").read_text().splitlines() if '"eval_accuracy"' not in x]
+    assert strip(out) == strip(full)
