@@ -53,6 +53,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
+    if args.num_samples < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+        raise ValueError("--num_samples and --max_new_tokens must be >= 1")
 
     path = args.model or default_model()
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -115,5 +117,5 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)  # (str(KeyError) adds quotes)
         sys.exit(2)

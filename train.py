@@ -341,5 +341,5 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:  # bad input: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)  # (str(KeyError) adds quotes)
         sys.exit(2)
