@@ -253,6 +253,8 @@ def main(argv=None):
     if cfg.beta > 0:  # the frozen reference exists only when the KL term is on
         ref = Transformer.from_pretrained(cfg.model, dtype=torch.float32, device=d.device).requires_grad_(False)
         distributed.shard(ref, d)
+        if d.enabled:  # no backward follows its forwards: let the root free its gathered weights too
+            ref.set_reshard_after_forward(True)
     distributed.shard(model, d)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay, eps=1e-8)

@@ -80,3 +80,13 @@ def test_torchrun_train_default_setup(tmp_path):
     strip = lambda f: [{k: v for k, v in json.loads(x).items() if k not in ("rollout_s", "train_s")}
                        for x in (f / "metrics.jsonl").read_text().splitlines() if '"eval_accuracy"' not in x]
     assert strip(out) == strip(full)
+
+
+@pytest.mark.skipif(not (TINY / "model.safetensors").is_file(), reason="data/tiny not built")
+def test_torchrun_train_with_reference_model_and_mini_batches(tmp_path):
+    """beta > 0 shards a frozen reference; mu = 2 with 2 mini-batches needs old log-probs: all under 2 ranks."""
+    out = tmp_path / "kl"
+    torchrun("train.py", "--steps", "2", "--beta", "0.01", "--mu", "2", "--mini_batch_size", "16", "--out", out,
+             "--prompts_per_step", "8", "--group_size", "4", "--eval_size", "16", "--threads", "1", timeout=600)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"reward"' in x]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["kl"] >= 0 for r in rows) and rows[1]["kl"] > 0
