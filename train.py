@@ -228,6 +228,9 @@ def main(argv=None):
     if cfg.prompts_per_step % d.world_size:
         raise ValueError(f"--prompts_per_step {cfg.prompts_per_step} must be a multiple of the {d.world_size} ranks "
                          "(whole groups stay on one rank)")
+    if cfg.mini_batch_size and cfg.mini_batch_size < d.world_size * cfg.group_size:
+        raise ValueError(f"--mini_batch_size {cfg.mini_batch_size} leaves ranks with empty mini-batches: use at "
+                         f"least {d.world_size * cfg.group_size} (ranks x group_size)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.resume and not cfg.out and cfg.resume == "latest":
