@@ -82,6 +82,12 @@ def rope_cos_sin(position_ids, head_dim: int, theta: float, dtype):
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+def compute_dtype(t):
+    """The dtype matmuls on tensor t's device run in: autocast's when it is active there, else t's own."""
+    dev = t.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
+
+
 def apply_rope(x, cos, sin):
     """Rotate pairs (x_i, x_{i+D/2}) by the position's angle. x (B, H, T, D), cos/sin (B, T, D)."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -267,8 +273,7 @@ class Transformer(nn.Module):
         if targets is not None:
             # autocast does not reach a custom autograd Function: cast hidden states and the (fp32 master)
             # weight to the compute dtype here, differentiably, as F.linear under autocast would.
-            dev = x.device.type
-            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+            dtype = compute_dtype(x)
             logp, entropy = linear_logprob(x.reshape(B * T, -1).to(dtype), self.lm_head.weight.to(dtype),
                                            targets.reshape(B * T), temperature, return_entropy=True,
                                            impl=self.logprob_impl)

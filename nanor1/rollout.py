@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from kernels.sampling import sample
-from nanor1.model import KVCache
+from nanor1.model import KVCache, compute_dtype
 
 
 @dataclass
@@ -25,14 +25,6 @@ class Rollouts:
     tokens: list  # per completion: ids without the prompt, ending with the EOS / stop ids when one was hit
     logprobs: list = field(default_factory=list)  # per completion: log p of each sampled token (tempered, untruncated)
     truncated: list = field(default_factory=list)  # per completion: stopped by max_new_tokens, not EOS / stop
-
-
-def compute_dtype(model):
-    """The dtype activations (and so the cache) have: autocast's on CUDA if active, else the weights'."""
-    w = model.model.embed_tokens.weight
-    if w.is_cuda and torch.is_autocast_enabled("cuda"):
-        return torch.get_autocast_dtype("cuda")
-    return w.dtype
 
 
 @torch.no_grad()
@@ -69,7 +61,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     for i, p in enumerate(prompts):
         ids[i, :len(p)] = torch.tensor(p)
         mask[i, :len(p)] = 1
-    cache = KVCache(model.config, P, longest + max_new_tokens, compute_dtype(model), device)
+    dtype = compute_dtype(model.model.embed_tokens.weight)  # the activations' dtype (autocast's, if on)
+    cache = KVCache(model.config, P, longest + max_new_tokens, dtype, device)
     logits = model(ids.to(device), attention_mask=mask.to(device), kv_cache=cache)  # (P, V)
 
     # Fan out: each prompt's cache row is copied to its n samples.
