@@ -60,6 +60,7 @@ def main(argv=None):
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     tok = Tokenizer.from_pretrained(path)
     model = Transformer.from_pretrained(path, dtype=dtype, device=args.device).eval()
+    tok.check_model(model.config.vocab_size)
     task = get_task(args.task, args.template)
     if args.eval:
         return run_eval(args, path, model, tok, task)
@@ -73,7 +74,7 @@ def main(argv=None):
     print(f"# {path}  T={temperature} top_k={args.top_k} top_p={args.top_p}\n{text}", end="", flush=True)
     ids = tok.encode(text)
     kw = dict(temperature=temperature, top_k=args.top_k, top_p=args.top_p, eos_token_id=sorted(tok.eos_token_ids),
-              seed=args.seed)
+              vocab_size=tok.vocab_size, seed=args.seed)
     if args.num_samples == 1:  # stream: print each new piece of decoded text as tokens arrive
         got, shown = [], ""
 

@@ -58,7 +58,7 @@ def rollout_round(cfg, model, tok, task, rows, prompts, verifier, seed, d):
             return []
         res = generate(model, prompts, cfg.max_completion_len, temperature=cfg.temperature, top_k=cfg.top_k,
                        top_p=cfg.top_p, eos_token_id=sorted(tok.eos_token_ids), n=cfg.group_size,
-                       stop_strings=task.stop, decode=tok.decode, seed=seed, details=True)
+                       stop_strings=task.stop, decode=tok.decode, vocab_size=tok.vocab_size, seed=seed, details=True)
     texts = [tok.decode(c) for c in res.tokens]
     rewards = verifier.score(texts, [r for r in rows for _ in range(cfg.group_size)])
     G = cfg.group_size
@@ -91,10 +91,18 @@ def collect(cfg, model, tok, task, train_rows, stream, cursor, verifier, step, d
         enough = torch.tensor(float(len(kept) >= P_rank))
         if not cfg.dynamic_sampling or distributed.all_reduce(enough, d, "min").item() == 1:
             break
-    # Every rank must run the same number of micro-batches (FSDP collectives): keep the common count.
-    n_keep = torch.tensor(float(min(len(kept), P_rank)))
-    kept = kept[:int(distributed.all_reduce(n_keep, d, "min").item())]
+    # Every rank must run the same number of micro-batches (FSDP collectives): pool the groups and deal them
+    # out evenly, so a rank that kept few (dynamic sampling, skipped long prompts) takes some of the others'.
+    kept = deal(distributed.all_gather_objects(kept, d), d.rank, P_rank)
     return kept, generated, cursor, skipped
+
+
+def deal(parts, rank, cap):
+    """parts[r] = rank r's groups. Returns rank `rank`'s share of the pooled groups: every rank gets the same
+    number, at most `cap`; at most world_size - 1 groups are left over."""
+    pool = [g for part in parts for g in part]
+    per = min(len(pool) // len(parts), cap)
+    return pool[rank * per:(rank + 1) * per]
 
 
 def autocast(d):
@@ -222,6 +230,18 @@ def lr_at(cfg, opt_step):
     return cfg.lr * min(1.0, (opt_step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
 
+# Settings a resume may change without changing what the run computes.
+RESUME_FREE = {"out", "resume", "steps", "threads", "eval_every", "eval_size", "log_samples_every", "save_every",
+               "keep_last", "micro_batch_size"}
+
+
+def changed_settings(saved: dict, cfg) -> list:
+    """'name old -> new' for each setting that differs from the checkpoint's and changes the trajectory."""
+    now = vars(cfg)
+    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(saved)
+            if k in now and k not in RESUME_FREE and saved[k] != now[k]]
+
+
 def main(argv=None):
     cfg = parse_args(argv)
     d = distributed.setup()
@@ -240,6 +260,7 @@ def main(argv=None):
     model = Transformer.from_pretrained(cfg.model, dtype=torch.float32, device=d.device)  # fp32 master
     model.gradient_checkpointing = cfg.grad_checkpointing
     tok = Tokenizer.from_pretrained(cfg.model)
+    tok.check_model(model.config.vocab_size)
     task = get_task(cfg.task, cfg.template or None)
     if cfg.max_prompt_len + cfg.max_completion_len > model.config.max_position_embeddings:
         raise ValueError(f"--max_prompt_len {cfg.max_prompt_len} + --max_completion_len {cfg.max_completion_len} "
@@ -250,7 +271,8 @@ def main(argv=None):
         raise ValueError(f"{out} already holds a run: continue it with --resume latest, or choose another --out")
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.json")
+        if not cfg.resume:  # a resume writes it after comparing with the checkpoint's settings
+            save_config(cfg, out / "config.json")
         print(json.dumps(vars(cfg)))
     ref = None
     if cfg.beta > 0:  # the frozen reference exists only when the KL term is on
@@ -278,6 +300,13 @@ def main(argv=None):
                 if int(newer.name.split("-")[1]) > step:
                     shutil.rmtree(newer)
             print(f"resumed from {ck} at step {step}")
+            changed = changed_settings(state.get("config", {}), cfg)
+            if changed:
+                print("warning: resumed with changed settings, so this is no longer one uninterrupted run: "
+                      + ", ".join(changed))
+                if (out / "config.json").exists():  # keep what the earlier steps ran with
+                    (out / "config.json").rename(out / f"config-until-step-{step}.json")
+            save_config(cfg, out / "config.json")
 
     def log(row):
         if d.is_main:
@@ -348,3 +377,4 @@ if __name__ == "__main__":
     except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:  # bad input: one line, no traceback
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)  # (str(KeyError) adds quotes)
         sys.exit(2)
+    distributed.exit_worker()  # under torchrun: see there why a worker leaves with os._exit

@@ -277,5 +277,7 @@ class Transformer(nn.Module):
             logp, entropy = linear_logprob(x.reshape(B * T, -1).to(dtype), self.lm_head.weight.to(dtype),
                                            targets.reshape(B * T), temperature, return_entropy=True,
                                            impl=self.logprob_impl)
-            return logp.view(B, T), entropy.view(B, T)
+            # Returned as fresh (B, T) tensors, not views: FSDP2 warns about a root module returning views
+            # (an in-place op on one would drop its pre-backward hook). The copy is B*T floats.
+            return logp.view(B, T).clone(), entropy.view(B, T).clone()
         return self.lm_head(x)  # (B, T, V)

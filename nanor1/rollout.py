@@ -30,12 +30,14 @@ class Rollouts:
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, eos_token_id=None, n=1,
              stop=None, seed=0, details=False, stream: Optional[Callable[[int, int], None]] = None,
-             stop_strings=None, decode=None):
+             stop_strings=None, decode=None, vocab_size=None):
     """Sample `n` completions for each prompt (a GRPO group), prompt-major: completion i*n + j is sample j of
     prompt i. Returns list[list[int]], or a `Rollouts` with log-probs and truncation flags if `details`.
     temperature 0 is greedy; top_k=0 and top_p=1 are off. `stream(seq, token)` sees each token as it comes.
     `stop` holds token-id sequences; `stop_strings` text matched on the decoded tail (`decode` = the
-    tokenizer's), needed because BPE spells "</answer>" differently after " " or "." than alone."""
+    tokenizer's), needed because BPE spells "</answer>" differently after " " or "." than alone.
+    `vocab_size` (the tokenizer's): ids at or past it are never sampled. A checkpoint's embedding is often
+    padded past the vocabulary (Qwen2.5: 151,936 rows for 151,665 tokens) and those ids decode to nothing."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
     if max_new_tokens < 1:
@@ -45,6 +47,10 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     if longest + max_new_tokens > context:
         raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
                          f"context of {context} tokens")
+    V = model.config.vocab_size
+    if vocab_size is not None and not 0 < vocab_size <= V:
+        raise ValueError(f"vocab_size must lie in [1, {V}] (the model's vocabulary), got {vocab_size}")
+    vocab = None if vocab_size is None or vocab_size == V else vocab_size
     eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
     stop = [list(s) for s in (stop or []) if len(s)]
     stop_strings = [s for s in (stop_strings or []) if s]
@@ -63,7 +69,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
         mask[i, :len(p)] = 1
     dtype = compute_dtype(model.model.embed_tokens.weight)  # the activations' dtype (autocast's, if on)
     cache = KVCache(model.config, P, longest + max_new_tokens, dtype, device)
-    logits = model(ids.to(device), attention_mask=mask.to(device), kv_cache=cache)  # (P, V)
+    logits = model(ids.to(device), attention_mask=mask.to(device), kv_cache=cache)[:, :vocab]  # (P, V)
 
     # Fan out: each prompt's cache row is copied to its n samples.
     rows = torch.arange(P, device=device).repeat_interleave(n)
@@ -99,7 +105,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
             keep_t = torch.tensor(keep, device=device)
             cache.select(keep_t)
             live, tok = live[keep_t], tok[keep_t]
-        logits = model(tok[:, None], kv_cache=cache)  # (B, V)
+        logits = model(tok[:, None], kv_cache=cache)[:, :vocab]  # (B, V), a view: the sampler takes strides
 
     if details:
         return Rollouts(tokens=out, logprobs=logps, truncated=truncated)

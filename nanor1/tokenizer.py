@@ -131,6 +131,13 @@ class Tokenizer:
             pad_id = eos_ids[0]
         return cls(tok, eos_ids, eos_ids[0], pad_id, path=path)
 
+    def check_model(self, vocab_rows):
+        """Fail early when the model's embedding (`vocab_rows` rows) cannot hold every token id: the tokenizer
+        and the weights then come from different models. More rows than tokens is normal (padding)."""
+        if self.vocab_size > vocab_rows:
+            raise ValueError(f"{self.path or 'tokenizer'}: the tokenizer has {self.vocab_size} tokens but the model's "
+                             f"embedding has {vocab_rows} rows: tokenizer and weights are from different models")
+
     def encode(self, text):
         """Text to ids, no special tokens added; special tokens written in `text` map to their ids."""
         return self._tok.encode(text, add_special_tokens=False).ids

@@ -91,3 +91,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    distributed.exit_worker()

@@ -43,6 +43,21 @@ def test_resume_gives_the_same_metrics(tmp_path):
 
 
 @needs_tiny
+def test_resume_with_changed_settings_warns_and_keeps_the_old_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    run(out, "--steps", "1")
+    capsys.readouterr()
+    run(out, "--steps", "2", "--resume", "latest", "--eval_every", "1")  # steps, eval_every: free to change
+    assert "changed settings" not in capsys.readouterr().out
+    assert not list(out.glob("config-until-*"))
+    run(out, "--steps", "3", "--resume", "latest", "--lr", "1e-4", "--clip_high", "0.28")
+    said = capsys.readouterr().out
+    assert "changed settings" in said and "clip_high 0.2 -> 0.28, lr 0.001 -> 0.0001" in said
+    assert json.loads((out / "config-until-step-2.json").read_text())["lr"] == 1e-3
+    assert json.loads((out / "config.json").read_text())["lr"] == 1e-4
+
+
+@needs_tiny
 def test_killed_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "run"
     run(out, "--steps", "1")

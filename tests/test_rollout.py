@@ -144,6 +144,29 @@ def test_context_overflow_is_a_clear_error(tiny):
         generate(model, [[1] * 100], max_new_tokens=40)
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_ids_past_the_tokenizer_vocabulary_are_never_sampled(tiny, temperature):
+    """The embedding's padding rows (ids >= the tokenizer's vocab_size) are excluded even when they would
+    dominate: here their logits are made the largest of all."""
+    model, _ = tiny
+
+    class Padded(Transformer):
+        def forward(self, *args, **kw):
+            return super().forward(*args, **kw) + torch.arange(V).ge(90) * 50.0  # ids 90.. dominate
+
+    padded = Padded(model.config).eval()
+    padded.load_state_dict(model.state_dict())
+    prompts = [[1, 2, 3], [4, 5, 6, 7]]
+    free = generate(padded, prompts, max_new_tokens=8, temperature=temperature, n=4, seed=1)
+    assert sum(t >= 90 for c in free for t in c) > len(free) * 8 // 2  # without the limit they win
+    res = generate(padded, prompts, max_new_tokens=8, temperature=temperature, n=4, seed=1, vocab_size=90,
+                   details=True)
+    assert all(0 <= t < 90 for c in res.tokens for t in c)
+    assert all(math.isfinite(x) and x <= 0 for lp in res.logprobs for x in lp)
+    with pytest.raises(ValueError, match="vocab_size must lie in"):
+        generate(model, prompts, max_new_tokens=2, vocab_size=V + 1)
+
+
 def test_rollout_through_the_triton_kernels_matches_torch(tiny, monkeypatch):
     """The whole engine with decode attention and sampling in Triton (the interpreter on the CPU)."""
     model, _ = tiny

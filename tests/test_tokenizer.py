@@ -174,3 +174,11 @@ def test_bad_messages():
         chatml([])
     with pytest.raises(ValueError, match="message 1"):
         chatml([{"role": "user", "content": "a"}, {"role": "user"}])
+
+
+def test_tokenizer_and_model_vocab_must_fit():
+    tok = Tokenizer.from_pretrained(QWEN)
+    tok.check_model(151936)  # Qwen2.5's padded embedding: fine
+    tok.check_model(tok.vocab_size)
+    with pytest.raises(ValueError, match="151665 tokens but the model's embedding has 97 rows"):
+        tok.check_model(97)

@@ -14,6 +14,7 @@ from tests.tiny import hf_tiny
 class IntTokenizer:
     """Text is space-separated token ids: enough for the loop, which only encodes prompts and decodes."""
     eos_token_ids = {96}
+    vocab_size = 97
 
     def encode(self, text):
         return [int(x) for x in text.split()]
@@ -166,3 +167,14 @@ def test_masked_truncated_completions_get_no_gradient(folder):
     cfg.mask_truncated = False  # the same batch unmasked does move them
     train.train_step(cfg, model, None, torch.optim.SGD(model.parameters(), lr=0.1), groups, 0, Dist())
     assert not all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+
+
+def test_deal_balances_groups_over_ranks():
+    """Rank 0 kept 5 groups and rank 1 one: both train on 3, and no group is used twice."""
+    parts = [[("r0", i) for i in range(5)], [("r1", 0)]]
+    shares = [train.deal(parts, r, cap=4) for r in range(2)]
+    assert [len(s) for s in shares] == [3, 3]
+    assert len(set(shares[0]) | set(shares[1])) == 6
+    assert [len(train.deal(parts, r, cap=2)) for r in range(2)] == [2, 2]  # never more than a rank's quota
+    assert train.deal([[1, 2, 3]], 0, cap=2) == [1, 2]  # one process: the first `cap`
+    assert train.deal([[], [1]], 1, cap=2) == []  # one group cannot be split over two ranks
