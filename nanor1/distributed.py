@@ -61,8 +61,8 @@ def exit_worker():
     gloo's worker threads outlive destroy_process_group (FSDP still holds the group), and one may still be
     releasing the last collective's work object when the main thread returns. Its tensors hold Python
     references, so the release needs the GIL; during interpreter shutdown the thread cannot take it and the
-    process aborts ("terminate called without an active exception", SIGABRT). Measured here: 3 of about 150
-    two-rank CPU runs; a core dump shows c10d::ProcessGroupGloo::AsyncWork::~AsyncWork -> decref_pyobject ->
+    process aborts ("terminate called without an active exception", SIGABRT). Measured here: 4 of 134
+    two-rank CPU runs before, 0 of 200 after (BENCHMARKS.md); a core dump shows c10d::ProcessGroupGloo::AsyncWork::~AsyncWork -> decref_pyobject ->
     PyThread_exit_thread in a runLoop thread while the main thread is in Py_FinalizeEx. Everything the run
     wrote is closed by then; only the streams need flushing."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
