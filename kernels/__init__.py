@@ -20,3 +20,32 @@ def use_triton(x: torch.Tensor, impl: str) -> bool:
     if impl == "auto":
         return x.is_cuda or os.environ.get("NANOR1_TRITON", "0") == "1"
     return impl == "triton"
+
+
+def _squeeze_loop_bounds_in_old_interpreters():
+    """Triton < 3.7's interpreter turns a tensor used as a loop bound (`range(0, tl.max(n))`, a bound computed
+    from program_id) into an int with int(array). numpy >= 2.4 refuses that for an array of shape (1,), so
+    every kernel here fails under triton 3.6's interpreter with a current numpy ("only 0-dimensional arrays
+    can be converted to Python scalars"). Triton 3.7 squeezes the array first; this applies the same one-line
+    fix to older interpreters. Compiled kernels are untouched (the interpreter only patches at launch)."""
+    try:
+        import triton
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 7):
+        return
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "squeezes_bounds", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched.squeezes_bounds = True
+    interpreter._patch_lang_tensor = patched
+
+
+if interpreting():
+    _squeeze_loop_bounds_in_old_interpreters()

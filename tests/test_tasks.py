@@ -303,7 +303,7 @@ def test_adversarial_strings_are_bounded():
         row = task.train_rows()[0]
         t0 = time.perf_counter()
         r = task.reward(completion, row)
-        assert time.perf_counter() - t0 < 1.0, (name, completion[:40])  # milliseconds in fact
+        assert time.perf_counter() - t0 < 3.0, (name, completion[:40])  # ms in fact; backtracking: far longer
         expected = want.get(completion, 0.1 if name == "countdown" and "</answer>" in completion else 0.0)
         assert r == expected, (name, completion[:40], r)
 
@@ -322,10 +322,10 @@ class _Slow(Task):
 
 def test_verifier_kills_hung_rewards():
     comps = ["ok", "hang", "ok", "boom", "hang", "ok"]
-    with Verifier(_Slow(), timeout=0.5) as v:
+    with Verifier(_Slow(), timeout=2.0) as v:  # generous: a loaded CI box must not time out an "ok"
         t0 = time.perf_counter()
         assert v.score(comps, [{}] * len(comps)) == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
-        assert time.perf_counter() - t0 < 30  # two timeouts of 0.5 s plus restarts, not for ever
+        assert time.perf_counter() - t0 < 40  # two timeouts of 2 s plus restarts, not for ever
         assert v.stats["timeouts"] == 2 and v.stats["errors"] == 1 and "boom" in v.stats["last_error"]
         assert v.score(["ok"] * 3, [{}] * 3) == [1.0] * 3  # the worker is reused after a batch
         v._proc.kill()  # a worker that died between batches (say, the OOM killer) is replaced
