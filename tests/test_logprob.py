@@ -9,6 +9,7 @@ import torch
 
 from kernels import logprob
 from kernels.logprob import linear_logprob, linear_logprob_reference
+from tests.sm90 import compile_for_h100
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}  # relative (Frobenius) error vs float64
 IMPLS = ["torch", "triton"]
@@ -141,3 +142,37 @@ def test_bad_inputs_raise(bad, match):
     args.update(bad)
     with pytest.raises(ValueError, match=match):
         linear_logprob(**args)
+
+
+COMPILE_FOR_H100 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kernels.logprob import _dz_kernel, _fwd_kernel, _matmul_kernel
+
+def build(fn, sig, consts):
+    triton.compile(ASTSource(fn, sig | {k: "constexpr" for k in consts}, consts),
+                   target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=3))
+
+for dt, prec, bc in [("bf16", "tf32", 64), ("fp32", "ieee", 32)]:  # the GPU tiles of kernels.logprob._blocks
+    tiles = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_C=bc)
+    build(_fwd_kernel, dict(h_ptr=f"*{dt}", w_ptr=f"*{dt}", y_ptr="*i64", part_ptr="*fp32", N="i32", V="i32",
+                            C="i32", stride_h="i32", stride_w="i32", stride_pk="i32", stride_ps="i32",
+                            inv_t="fp32", tiles_per_split="i32"),
+          dict(tiles, ENTROPY=True, UPCAST=False, PRECISION=prec))
+    build(_dz_kernel, dict(h_ptr=f"*{dt}", w_ptr=f"*{dt}", y_ptr="*i64", lse_ptr="*fp32", ent_ptr="*fp32",
+                           g_ptr="*fp32", e_ptr="*fp32", dz_ptr=f"*{dt}", N="i32", C="i32", v_start="i32",
+                           v_end="i32", stride_h="i32", stride_w="i32", stride_dz="i32", inv_t="fp32"),
+          dict(tiles, HAS_E=True, UPCAST=False, PRECISION=prec, ROUND=False))
+    for c_dt, acc in [("fp32", True), (dt, False)]:  # dh += dz @ W (fp32), dW = dz^T @ h (weight dtype)
+        build(_matmul_kernel, dict(a_ptr=f"*{dt}", b_ptr=f"*{dt}", c_ptr=f"*{c_dt}", M="i32", P="i32", K="i32",
+                                   stride_am="i32", stride_ak="i32", stride_bk="i32", stride_bp="i32",
+                                   stride_cm="i32", stride_cp="i32"),
+              dict(BLOCK_M=128, BLOCK_P=128, BLOCK_K=bc, ACCUMULATE=acc, UPCAST=False, PRECISION=prec, ROUND=False))
+print("compiled")
+"""
+
+
+def test_compiles_for_h100():
+    """The forward, dz and matmul kernels compile for sm_90 with the GPU tiles (no GPU needed)."""
+    compile_for_h100(COMPILE_FOR_H100)
