@@ -113,6 +113,23 @@ class KVCache:
         self.k, self.v = self.k[:, rows], self.v[:, rows]
         self.lengths = self.lengths[rows]
 
+    def compact(self, keep):
+        """Keep only batch rows `keep`, in place: each row of `keep` at or past len(keep) moves into a hole
+        left by a dropped row below, then the buffers are narrowed to the first len(keep) rows. No second
+        cache is allocated (select() holds old and new at once) and only as many rows are copied as left
+        the front. Returns the new order: row i now holds what row order[i] held."""
+        n, kept = len(keep), set(keep)
+        holes = [i for i in range(n) if i not in kept]
+        movers = [j for j in keep if j >= n]
+        order = list(range(n))
+        for i, j in zip(holes, movers):
+            self.k[:, i].copy_(self.k[:, j])
+            self.v[:, i].copy_(self.v[:, j])
+            order[i] = j
+        self.k, self.v = self.k[:, :n], self.v[:, :n]
+        self.lengths = self.lengths[torch.tensor(order, device=self.lengths.device)]
+        return order
+
 
 def cached_attention(q, k_new, v_new, cache: KVCache, layer: int, start):
     """Write this step's keys/values into the cache, then attend over the cache.

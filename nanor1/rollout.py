@@ -102,8 +102,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
         if t == max_new_tokens - 1 or not keep:
             break
         if len(keep) < len(live):  # compact: finished sequences stop costing compute
-            keep_t = torch.tensor(keep, device=device)
-            cache.select(keep_t)
+            keep_t = torch.tensor(cache.compact(keep), device=device)  # the rows' new order
             live, tok = live[keep_t], tok[keep_t]
         logits = model(tok[:, None], kv_cache=cache)[:, :vocab]  # (B, V), a view: the sampler takes strides
 

@@ -138,6 +138,26 @@ def test_nan_in_unused_cache_slots_changes_nothing(tiny, monkeypatch):
     assert generate(model, prompts, max_new_tokens=10, temperature=0.8, n=2, seed=4) == clean
 
 
+def test_cache_compaction_in_place_equals_select(tiny):
+    """compact() moves the fewest rows, reports their order, and equals select() in that order."""
+    model, _ = tiny
+    a = KVCache(model.config, 6, 9, torch.float32, "cpu")
+    a.k.copy_(torch.randn_like(a.k))
+    a.v.copy_(torch.randn_like(a.v))
+    a.lengths = torch.tensor([3, 9, 1, 4, 7, 2])
+    b = KVCache(model.config, 6, 9, torch.float32, "cpu")
+    b.k, b.v, b.lengths = a.k.clone(), a.v.clone(), a.lengths.clone()
+    storage = a.k.untyped_storage().data_ptr()
+    for keep in ([0, 2, 3, 5], [1, 3], [0]):  # finished rows leave, step after step
+        order = a.compact(keep)
+        assert sorted(order) == sorted(keep)
+        if keep == [0, 2, 3, 5]:
+            assert order == [0, 5, 2, 3]  # one copy: row 5 fills the hole of row 1
+        b.select(torch.tensor(order))
+        assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v) and torch.equal(a.lengths, b.lengths)
+    assert a.k.untyped_storage().data_ptr() == storage  # no new buffer: peak memory stays one cache
+
+
 def test_context_overflow_is_a_clear_error(tiny):
     model, _ = tiny
     with pytest.raises(ValueError, match="exceeds the model's context of 128"):
