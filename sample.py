@@ -10,6 +10,7 @@
 """
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -118,5 +119,7 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:
+        if os.environ.get("NANOR1_TRACEBACK") == "1":  # debugging: the whole traceback instead
+            raise
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)  # (str(KeyError) adds quotes)
         sys.exit(2)

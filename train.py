@@ -17,6 +17,7 @@ Log-probs come from the fused kernel (never the (N, V) logits) at the rollout te
 scores exactly the distribution the sampler drew from (`logprob_mismatch` in the metrics).
 """
 import json
+import os
 import shutil
 import sys
 import time
@@ -375,6 +376,8 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:  # bad input: one line, no traceback
+        if os.environ.get("NANOR1_TRACEBACK") == "1":  # debugging: the whole traceback instead
+            raise
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)  # (str(KeyError) adds quotes)
         sys.exit(2)
     distributed.exit_worker()  # under torchrun: see there why a worker leaves with os._exit

@@ -1,5 +1,6 @@
 """The embedded default: the shipped tiny base learns its task with GRPO on the CPU; sample.py talks and evaluates."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,9 @@ TINY = ROOT / "data" / "tiny"
 pytestmark = pytest.mark.skipif(not (TINY / "model.safetensors").is_file(), reason="data/tiny not built")
 
 
-def run(*args):
-    p = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run(*args, env=None):
+    p = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=None if env is None else dict(os.environ, **env))
     return p.returncode, p.stdout, p.stderr
 
 
@@ -47,3 +49,7 @@ def test_sample_py_eval_reports_pass_at_k(tmp_path):
 def test_sample_py_context_error_is_one_line():
     code, out, err = run("sample.py", "--model", TINY, "--prompt", "1+1=", "--max_new_tokens", "100000")
     assert code == 2 and err.strip().startswith("error:") and "context" in err and "Traceback" not in err
+    # NANOR1_TRACEBACK=1: the same error with its traceback, for debugging
+    code, _, err = run("sample.py", "--model", TINY, "--prompt", "1+1=", "--max_new_tokens", "100000",
+                       env={"NANOR1_TRACEBACK": "1"})
+    assert code == 1 and "Traceback" in err and "context" in err
