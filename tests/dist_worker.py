@@ -1,7 +1,8 @@
 """Run under torchrun by tests/test_distributed.py (gloo on the CPU). Usage:
     torchrun --nproc_per_node=2 tests/dist_worker.py MODE MODEL_DIR OUT_DIR
 MODE: step (one SGD step on a fixed batch), rollout (ranks decode different numbers of steps),
-      ckpt (a 2-rank checkpoint plus the logits of the sharded model)."""
+      ckpt (a 2-rank checkpoint plus the logits of the sharded model),
+      deal (dynamic sampling where only rank 0 finds informative groups: both ranks train on an equal share)."""
 import os
 import sys
 
@@ -73,6 +74,18 @@ def main():
         # The sharded model trains normally after the rollout phase (resharded, hooks restored).
         train.train_step(step_cfg("grpo"), model, None, torch.optim.SGD(model.parameters(), lr=0.1),
                          fixed_groups(P=2)[d.rank:d.rank + 1], 0, d)
+    elif mode == "deal":
+        G = 4
+
+        def fake_round(cfg, model, tok, task, rows, prompts, verifier, seed, d):  # rank 1's groups are all flat
+            return [dict(rank=d.rank, row=r, reward=float(d.rank == 0 and j % 2)) for r in rows for j in range(G)]
+        train.rollout_round = fake_round
+        train.encode_prompts = lambda task, tok, rows: [[1, 2, 3]] * len(rows)
+        cfg = TrainConfig(prompts_per_step=8, group_size=G, dynamic_sampling=True, max_refill_rounds=0)
+        kept, generated, cursor, _ = train.collect(cfg, model, None, None, list(range(100)), lambda i: i, 0, None,
+                                                   1, d)
+        with open(os.path.join(out, f"deal-{d.rank}.txt"), "w") as f:
+            f.write(" ".join(f"{g[0]['rank']}:{g[0]['row']}" for g in kept) + f" | {len(generated)} {cursor}\n")
     elif mode == "ckpt":
         class Tok:  # the checkpoint copies tokenizer files; this model folder has none
             def save_pretrained(self, path):

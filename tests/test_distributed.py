@@ -49,6 +49,13 @@ def test_ranks_with_different_decode_lengths_finish(folder, tmp_path):
     assert 0 < total <= 2 * 2 * 3 + 2 * 25
 
 
+def test_dynamic_sampling_deals_groups_evenly_over_ranks(folder, tmp_path):
+    """Rank 0 keeps its 4 informative groups, rank 1 none (all flat): each trains on 2 of rank 0's."""
+    torchrun("tests/dist_worker.py", "deal", folder, tmp_path)
+    r0, r1 = ((tmp_path / f"deal-{r}.txt").read_text().split() for r in (0, 1))
+    assert r0 == ["0:0", "0:1", "|", "16", "8"] and r1 == ["0:2", "0:3", "|", "16", "8"]
+
+
 def test_two_rank_checkpoint_loads_in_one_process(folder, tmp_path):
     torchrun("tests/dist_worker.py", "ckpt", folder, tmp_path)
     ckpt = tmp_path / "ckpt-1"
