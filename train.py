@@ -59,7 +59,7 @@ def rollout_round(cfg, model, tok, task, rows, prompts, verifier, seed, d):
             return []
         res = generate(model, prompts, cfg.max_completion_len, temperature=cfg.temperature, top_k=cfg.top_k,
                        top_p=cfg.top_p, eos_token_id=sorted(tok.eos_token_ids), n=cfg.group_size,
-                       stop_strings=task.stop, decode=tok.decode, vocab_size=tok.vocab_size, seed=seed, details=True)
+                       stop_strings=task.stop, decode=tok.decode, seed=seed, details=True)
     texts = [tok.decode(c) for c in res.tokens]
     rewards = verifier.score(texts, [r for r in rows for _ in range(cfg.group_size)])
     G = cfg.group_size
@@ -262,6 +262,7 @@ def main(argv=None):
     model.gradient_checkpointing = cfg.grad_checkpointing
     tok = Tokenizer.from_pretrained(cfg.model)
     tok.check_model(model.config.vocab_size)
+    model.vocab_limit = tok.vocab_size  # sample and train on the tokenizer's ids only (nanor1/model.py)
     task = get_task(cfg.task, cfg.template or None)
     if cfg.max_prompt_len + cfg.max_completion_len > model.config.max_position_embeddings:
         raise ValueError(f"--max_prompt_len {cfg.max_prompt_len} + --max_completion_len {cfg.max_completion_len} "
@@ -278,6 +279,7 @@ def main(argv=None):
     ref = None
     if cfg.beta > 0:  # the frozen reference exists only when the KL term is on
         ref = Transformer.from_pretrained(cfg.model, dtype=torch.float32, device=d.device).requires_grad_(False)
+        ref.vocab_limit = tok.vocab_size
         distributed.shard(ref, d)
         if d.enabled:  # no backward follows its forwards: let the root free its gathered weights too
             ref.set_reshard_after_forward(True)

@@ -178,6 +178,9 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|K, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # Under autocast, rope's fp32 angles (and fp32 qk-norm weights) promote q and k to fp32: back to the
+        # compute dtype (v's), as SDPA's autocast would do, so the decode kernel gets bf16 q, k and cache.
+        q, k = q.to(v.dtype), k.to(v.dtype)
         if kv_cache is not None:
             y = cached_attention(q, k, v, kv_cache, self.layer, start)
         elif attn_mask is None:
@@ -231,6 +234,9 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.gradient_checkpointing = False  # recompute each block in backward (activation memory / L)
         self.logprob_impl = "auto"  # kernels/logprob.py: Triton on CUDA, chunked torch elsewhere
+        # The tokenizer's vocab_size when the embedding is padded past it (Qwen2.5: 151,665 of 151,936 rows):
+        # the fused log-probs then normalise over the real tokens only, the distribution generate() samples.
+        self.vocab_limit: Optional[int] = None
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.bfloat16, device="cpu"):
@@ -291,7 +297,8 @@ class Transformer(nn.Module):
             # autocast does not reach a custom autograd Function: cast hidden states and the (fp32 master)
             # weight to the compute dtype here, differentiably, as F.linear under autocast would.
             dtype = compute_dtype(x)
-            logp, entropy = linear_logprob(x.reshape(B * T, -1).to(dtype), self.lm_head.weight.to(dtype),
+            weight = self.lm_head.weight[:self.vocab_limit]  # (V', C): padding rows get no probability
+            logp, entropy = linear_logprob(x.reshape(B * T, -1).to(dtype), weight.to(dtype),
                                            targets.reshape(B * T), temperature, return_entropy=True,
                                            impl=self.logprob_impl)
             # Returned as fresh (B, T) tensors, not views: FSDP2 warns about a root module returning views

@@ -36,8 +36,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     temperature 0 is greedy; top_k=0 and top_p=1 are off. `stream(seq, token)` sees each token as it comes.
     `stop` holds token-id sequences; `stop_strings` text matched on the decoded tail (`decode` = the
     tokenizer's), needed because BPE spells "</answer>" differently after " " or "." than alone.
-    `vocab_size` (the tokenizer's): ids at or past it are never sampled. A checkpoint's embedding is often
-    padded past the vocabulary (Qwen2.5: 151,936 rows for 151,665 tokens) and those ids decode to nothing."""
+    `vocab_size` (the tokenizer's; default: model.vocab_limit): ids at or past it are never sampled. A
+    checkpoint's embedding is often padded past the vocabulary (Qwen2.5: 151,936 rows for 151,665 tokens)
+    and those ids decode to nothing. The sampler's log-probs normalise over the same ids as the trainer's."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
     if max_new_tokens < 1:
@@ -48,6 +49,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
         raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
                          f"context of {context} tokens")
     V = model.config.vocab_size
+    vocab_size = vocab_size if vocab_size is not None else getattr(model, "vocab_limit", None)
     if vocab_size is not None and not 0 < vocab_size <= V:
         raise ValueError(f"vocab_size must lie in [1, {V}] (the model's vocabulary), got {vocab_size}")
     vocab = None if vocab_size is None or vocab_size == V else vocab_size

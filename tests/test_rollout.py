@@ -187,6 +187,41 @@ def test_ids_past_the_tokenizer_vocabulary_are_never_sampled(tiny, temperature):
         generate(model, prompts, max_new_tokens=2, vocab_size=V + 1)
 
 
+def test_sampler_and_trainer_logprobs_agree_with_a_vocab_limit(tiny):
+    """With model.vocab_limit set, generate() samples from the real ids only and its log-probs equal the
+    trainer's fused ones (forward with targets), which normalise over the same ids."""
+    model, _ = tiny
+    prompt = [5, 6, 7]
+    model.vocab_limit = 90
+    try:
+        res = generate(model, [prompt], max_new_tokens=10, temperature=0.7, n=3, seed=2, details=True)
+        for comp, lps in zip(res.tokens, res.logprobs):
+            assert max(comp) < 90
+            seq = torch.tensor([prompt + comp])
+            with torch.no_grad():
+                logp, _ = model(seq[:, :-1], targets=seq[:, 1:], temperature=0.7)
+            torch.testing.assert_close(logp[0, len(prompt) - 1:], torch.tensor(lps), rtol=1e-5, atol=1e-5)
+            model.vocab_limit = None  # the full-vocabulary trainer normalises over 7 more ids: not the same
+            with torch.no_grad():
+                full, _ = model(seq[:, :-1], targets=seq[:, 1:], temperature=0.7)
+            model.vocab_limit = 90
+            assert (full[0, len(prompt) - 1:] - torch.tensor(lps)).abs().max() > 1e-3
+    finally:
+        model.vocab_limit = None
+
+
+def test_decode_attention_gets_the_compute_dtype_under_autocast(tiny, monkeypatch):
+    """Over fp32 master weights under bf16 autocast (one GPU's rollout), rope's fp32 angles promote q: the
+    decode kernel must still get bf16 q and cache (its fast path), not fp32 q over a bf16 cache."""
+    import nanor1.model as m
+    model, _ = tiny
+    seen, real = [], m.decode_attention
+    monkeypatch.setattr(m, "decode_attention", lambda q, k, v, n: seen.append((q.dtype, k.dtype)) or real(q, k, v, n))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        generate(model, [[1, 2, 3]], max_new_tokens=3, temperature=0)
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+
+
 def test_rollout_through_the_triton_kernels_matches_torch(tiny, monkeypatch):
     """The whole engine with decode attention and sampling in Triton (the interpreter on the CPU)."""
     model, _ = tiny
