@@ -101,7 +101,8 @@ def run_eval(args, path, model, tok, task):
     t0 = time.time()
     with Verifier(task) as verifier:
         summary, records = evaluate(model, tok, task, rows, verifier, budget, num_samples=args.num_samples,
-                                    temperature=temperature, top_p=args.top_p, batch_size=args.batch_size,
+                                    temperature=temperature, top_p=args.top_p, top_k=args.top_k,
+                                    batch_size=args.batch_size,
                                     seed=args.seed)
     out = Path(args.out or time.strftime(f"out/eval-{task.name}-%Y%m%d-%H%M%S.jsonl"))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -328,6 +328,7 @@ def main(argv=None):
     while step < cfg.steps:
         step += 1
         t0 = time.time()
+        seen = (verifier.stats["timeouts"], verifier.stats["errors"])  # cumulative counters: take this step's
         groups, generated, cursor, skipped = collect(cfg, model, tok, task, train_rows, stream, cursor, verifier,
                                                      step, d)
         t1 = time.time()
@@ -337,7 +338,8 @@ def main(argv=None):
         tot = torch.tensor([len(generated), sum(x["reward"] for x in generated),
                             sum(task.is_correct(x["reward"]) for x in generated),
                             sum(len(x["completion"]) for x in generated), m["tokens"], m["entropy"],
-                            m["mismatch"], m["clip_frac"], m["kl"], m["loss"], skipped, len(groups), m["tokens0"]],
+                            m["mismatch"], m["clip_frac"], m["kl"], m["loss"], skipped, len(groups), m["tokens0"],
+                            verifier.stats["timeouts"] - seen[0], verifier.stats["errors"] - seen[1]],
                            dtype=torch.float64)
         distributed.all_reduce(tot, d)
         n, tokens, tokens0 = max(tot[0].item(), 1), max(tot[4].item(), 1), max(tot[12].item(), 1)
@@ -350,6 +352,11 @@ def main(argv=None):
             row["kl"] = tot[8].item() / tokens
         if tot[10].item():
             row["skipped_long_prompts"] = int(tot[10].item())
+        if tot[13].item() or tot[14].item():  # rewards scored 0 because the check hung or raised
+            row["verifier_timeouts"], row["verifier_errors"] = int(tot[13].item()), int(tot[14].item())
+            if d.is_main:
+                print(f"warning: step {step}: {row['verifier_timeouts']} reward checks timed out, "
+                      f"{row['verifier_errors']} raised (last: {verifier.stats['last_error']})")
         log(row)
         if d.is_main:
             print(f"step {step:4d} | reward {row['reward']:.3f} | acc {row['accuracy']:.3f} | "

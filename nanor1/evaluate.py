@@ -26,7 +26,7 @@ def encode_prompts(task, tokenizer, rows):
 
 
 def evaluate(model, tokenizer, task, rows, verifier, max_new_tokens, num_samples=1, temperature=0.0, top_p=1.0,
-             batch_size=64, seed=0, d=None):
+             top_k=0, batch_size=64, seed=0, d=None):
     """Sample `num_samples` completions per row (greedy when temperature is 0) and score them. Under several
     ranks each takes a strided slice of the rows and the counts are summed. Returns
     (summary dict, per-problem records of this rank)."""
@@ -39,7 +39,7 @@ def evaluate(model, tokenizer, task, rows, verifier, max_new_tokens, num_samples
             idx = mine[start:start + batch_size]
             batch = [rows[i] for i in idx]
             out = generate(model, encode_prompts(task, tokenizer, batch), max_new_tokens, temperature=temperature,
-                           top_p=top_p, eos_token_id=sorted(tokenizer.eos_token_ids), n=n,
+                           top_p=top_p, top_k=top_k, eos_token_id=sorted(tokenizer.eos_token_ids), n=n,
                            stop_strings=task.stop, decode=tokenizer.decode, vocab_size=tokenizer.vocab_size,
                            seed=seed + start)
             texts = [tokenizer.decode(c) for c in out]  # special tokens kept, as the rewards expect
@@ -48,7 +48,7 @@ def evaluate(model, tokenizer, task, rows, verifier, max_new_tokens, num_samples
                 rs = rewards[j * n:(j + 1) * n]
                 records.append({"index": i, "completions": texts[j * n:(j + 1) * n], "rewards": rs,
                                 "correct": sum(task.is_correct(r) for r in rs), "n": n})
-    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n} | {n})  # powers of two, and n
     sums = torch.tensor([float(len(records))] + [sum(pass_at_k(r["n"], r["correct"], k) for r in records)
                                                  for k in ks], dtype=torch.float64)
     distributed.all_reduce(sums, d)

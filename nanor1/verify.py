@@ -87,7 +87,7 @@ _NUMBER = re.compile(r"(?:(?<![\w)])-)?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")  # no nest
 
 def last_number(text):
     """The last number in `text` as a string without `$` or thousands commas ("$1,200.50" -> "1200.50"), or None."""
-    found = _NUMBER.findall(text.replace("$", ""))
+    found = _NUMBER.findall(text.replace("$", "").replace("{,}", ","))  # LaTeX's thousands separator `1{,}000`
     if not found:
         return None
     return found[-1].rstrip(",").replace(",", "")
@@ -134,7 +134,7 @@ _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 def normalize_math(s):
     """A canonical string for a LaTeX answer, so that equal answers written differently compare equal."""
     s = s.strip()
-    for a, b in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\displaystyle", ""), ("^{\\circ}", ""),
+    for a, b in (("{,}", ","), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\displaystyle", ""), ("^{\\circ}", ""),
                  ("^\\circ", ""), ("\\%", ""), ("%", ""), ("\\$", ""), ("$", ""), ("\\!", ""), ("\\,", ""),
                  ("\\;", ""), ("\\:", ""), ("\\ ", ""), ("\n", "")):
         s = s.replace(a, b)

@@ -43,6 +43,31 @@ def test_resume_gives_the_same_metrics(tmp_path):
 
 
 @needs_tiny
+def test_resume_from_a_named_checkpoint_folder(tmp_path, capsys):
+    run(tmp_path / "full", "--steps", "2")
+    out = tmp_path / "split"
+    run(out, "--steps", "3", "--save_every", "1", "--keep_last", "3")
+    (out / "ckpt-2" / "stale").touch()
+    capsys.readouterr()
+    run(out, "--steps", "2", "--resume", str(out / "ckpt-1"))  # an older branch point, not the latest
+    assert f"resumed from {out / 'ckpt-1'} at step 1" in capsys.readouterr().out
+    full = metrics(tmp_path / "full")
+    assert [r["step"] for r in full] == [0, 1, 2, 2]
+    assert metrics(out) == full  # the rows of steps 2 and 3 from before the resume are gone
+    # Checkpoints newer than step 1 were deleted (the next --resume latest must not pick ckpt-3),
+    # and step 2 was saved afresh.
+    assert [p.name for p in list_checkpoints(out)] == ["ckpt-1", "ckpt-2"]
+    assert not (out / "ckpt-2" / "stale").exists()
+
+
+@needs_tiny
+def test_keep_last_prunes_older_checkpoints(tmp_path):
+    out = run(tmp_path / "run", "--steps", "3", "--save_every", "1", "--keep_last", "2")
+    assert [p.name for p in list_checkpoints(out)] == ["ckpt-2", "ckpt-3"]
+    assert not list(out.glob(".tmp-ckpt-*"))
+
+
+@needs_tiny
 def test_resume_with_changed_settings_warns_and_keeps_the_old_config(tmp_path, capsys):
     out = tmp_path / "run"
     run(out, "--steps", "1")

@@ -38,12 +38,12 @@ def test_sample_py_streams_a_completion():
 
 def test_sample_py_eval_reports_pass_at_k(tmp_path):
     jsonl = tmp_path / "eval.jsonl"
-    code, out, err = run("sample.py", "--model", TINY, "--eval", "--limit", "16", "--num_samples", "4",
-                         "--temperature", "1.0", "--out", jsonl)
+    code, out, err = run("sample.py", "--model", TINY, "--eval", "--limit", "16", "--num_samples", "5",
+                         "--temperature", "1.0", "--top_k", "20", "--out", jsonl)
     assert code == 0, err
-    assert "pass@1=" in out and "pass@4=" in out
+    assert "pass@1=" in out and "pass@4=" in out and "pass@5=" in out  # powers of two, and n itself
     records = [json.loads(x) for x in jsonl.read_text().splitlines()]
-    assert len(records) == 16 and all(len(r["completions"]) == 4 == len(r["rewards"]) for r in records)
+    assert len(records) == 16 and all(len(r["completions"]) == 5 == len(r["rewards"]) for r in records)
 
 
 def test_sample_py_context_error_is_one_line():

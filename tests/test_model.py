@@ -176,6 +176,30 @@ def test_weight_key_errors(tmp_path):
         Transformer.from_pretrained(folder)
 
 
+def test_sharded_checkpoint_with_a_missing_shard(tmp_path):
+    folder, _ = hf_tiny(tmp_path, tied=False, max_shard_size="20KB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[-1]
+    (folder / shard).unlink()
+    with pytest.raises(FileNotFoundError, match=f"names shard {shard}, which is missing"):
+        Transformer.from_pretrained(folder)
+
+
+def test_tied_model_ignores_lm_head_in_the_file(tmp_path):
+    """A tied model's file may also hold lm_head.weight: it is skipped and the tie supplies the head."""
+    from safetensors.torch import load_file, save_file
+    folder, hf = hf_tiny(tmp_path, tied=True)
+    sd = load_file(folder / "model.safetensors")
+    assert "lm_head.weight" not in sd
+    save_file(dict(sd, **{"lm_head.weight": torch.zeros(97, 64)}), folder / "model.safetensors")
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the tie, not the file's zeros
+    torch.testing.assert_close(model.lm_head.weight.detach(), sd["model.embed_tokens.weight"])
+    ids = torch.randint(0, 97, (2, 7))
+    with torch.no_grad():
+        assert rel_err(model(ids), hf(ids).logits) < 1e-4
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_model_logprobs_and_grads_through_triton_match_torch(tmp_path, tied):
     """forward(targets=...) through the fused Triton kernel (interpreter on the CPU) vs the torch path."""

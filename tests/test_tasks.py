@@ -228,6 +228,7 @@ def test_gsm8k_real_rows():
     assert inst.reward("\\boxed{17} no, \\boxed{18}", row) == 1.0
     comma = next(r for r in base.train_rows() if r["gold"] == "1200")  # gold written "1,200" in the data
     assert base.reward("<answer>$1,200</answer>", comma) == 1.0 and base.reward("<answer>1200.0</answer>", comma) == 1.0
+    assert base.reward("<answer>1{,}200</answer>", comma) == 1.0  # LaTeX's thousands separator
 
 
 # --------------------------------------------------------------------------------------------------- math
@@ -267,7 +268,7 @@ def test_math_real_rows():
 
 def test_math_equal_forms():
     for a, b in [("\\frac{1}{2}", "0.5"), ("\\dfrac12", "0.5"), ("\\dfrac12", "\\frac{1}{2}"), (".5", "1/2"),
-                 ("1,000", "1000"), ("10\\text{ cm}^2", "10"), ("50\\%", "50"), ("\\$42409", "42409"),
+                 ("1,000", "1000"), ("1{,}000", "1000"), ("10\\text{ cm}^2", "10"), ("50\\%", "50"), ("\\$42409", "42409"),
                  ("-\\frac{5}{2}", "-2.5"), ("\\sqrt2", "\\sqrt{2}"), ("(0.5, 2)", "(\\frac12,2)"), ("5.", "5")]:
         assert math_equal(a, b) and math_equal(b, a), (a, b)
     for a, b in [("\\frac{1}{3}", "0.333"), ("3", "-3"), ("(1,2)", "[1,2]"), ("1,2", "2,1"), ("x+1", "x-1"),

@@ -1,5 +1,6 @@
 """The training loop's pieces on tiny random models: it learns, micro-batching is exact, configs fail clearly."""
 import copy
+import json
 
 import pytest
 import torch
@@ -178,3 +179,31 @@ def test_deal_balances_groups_over_ranks():
     assert [len(train.deal(parts, r, cap=2)) for r in range(2)] == [2, 2]  # never more than a rank's quota
     assert train.deal([[1, 2, 3]], 0, cap=2) == [1, 2]  # one process: the first `cap`
     assert train.deal([[], [1]], 1, cap=2) == []  # one group cannot be split over two ranks
+
+
+@pytest.mark.skipif(not (train.Path(__file__).resolve().parents[1] / "data/tiny/model.safetensors").is_file(),
+                    reason="data/tiny not built")
+def test_verifier_timeouts_reach_the_log(tmp_path, monkeypatch, capsys):
+    """Rewards zeroed because a check hung or raised are counted per step in metrics.jsonl and on the console."""
+    class Flaky(InProcessVerifier):  # step 2's scoring "times out" twice and raises once
+        def __init__(self, task):
+            super().__init__(task)
+            self.calls, self.stats = 0, {"timeouts": 0, "errors": 0, "last_error": None}
+
+        def score(self, texts, rows):
+            self.calls += 1
+            if self.calls == 3:  # call 1: the step-0 eval, call 2: step 1, call 3: step 2
+                self.stats.update(timeouts=2, errors=1, last_error="ZeroDivisionError: boom")
+            return super().score(texts, rows)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(train, "Verifier", Flaky)
+    out = tmp_path / "run"
+    train.main(["--out", str(out), "--steps", "3", "--prompts_per_step", "4", "--group_size", "2",
+                "--eval_size", "4", "--eval_every", "0", "--max_completion_len", "8", "--threads", "1"])
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"reward"' in x]
+    assert [(r.get("verifier_timeouts"), r.get("verifier_errors")) for r in rows] == [(None, None), (2, 1),
+                                                                                       (None, None)]
+    assert "2 reward checks timed out, 1 raised (last: ZeroDivisionError: boom)" in capsys.readouterr().out
