@@ -269,6 +269,7 @@ def main(argv=None):
                          f"exceeds the model's context of {model.config.max_position_embeddings} tokens")
     out = cfg.out or time.strftime("out/run-%Y%m%d-%H%M%S")
     out = Path(distributed.all_gather_objects(out, d)[0])  # rank 0's timestamp names the folder
+    cfg.out, cfg.template = str(out), task.template  # config.json records what was resolved, not ""
     if not cfg.resume and (out / "metrics.jsonl").exists():
         raise ValueError(f"{out} already holds a run: continue it with --resume latest, or choose another --out")
     if d.is_main:
