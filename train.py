@@ -92,8 +92,12 @@ def collect(cfg, model, tok, task, train_rows, stream, cursor, verifier, step, d
         enough = torch.tensor(float(len(kept) >= P_rank))
         if not cfg.dynamic_sampling or distributed.all_reduce(enough, d, "min").item() == 1:
             break
-    # Every rank must run the same number of micro-batches (FSDP collectives): pool the groups and deal them
-    # out evenly, so a rank that kept few (dynamic sampling, skipped long prompts) takes some of the others'.
+    # Every rank must run the same number of micro-batches (FSDP collectives). When the counts differ (dynamic
+    # sampling, skipped long prompts), pool the groups and deal them out evenly, so a rank that kept few takes
+    # some of the others'; the groups themselves travel only then.
+    counts = {min(c, P_rank) for c in distributed.all_gather_objects(len(kept), d)}
+    if len(counts) == 1:
+        return kept[:counts.pop()], generated, cursor, skipped
     kept = deal(distributed.all_gather_objects(kept, d), d.rank, P_rank)
     return kept, generated, cursor, skipped
 
