@@ -224,11 +224,23 @@ def test_decode_attention_gets_the_compute_dtype_under_autocast(tiny, monkeypatc
 
 def test_rollout_through_the_triton_kernels_matches_torch(tiny, monkeypatch):
     """The whole engine with decode attention and sampling in Triton (the interpreter on the CPU)."""
+    import kernels.decode_attention as da
+    import kernels.sampling as sm
     model, _ = tiny
     prompts = [torch.randint(0, V, (n,)).tolist() for n in (3, 8)]
     ref = generate(model, prompts, max_new_tokens=6, temperature=0, n=2)
+    calls = {"attention": 0, "sampling": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kw):
+            calls[name] += 1
+            return fn(*args, **kw)
+        return wrapper
+    monkeypatch.setattr(da, "decode_attention_triton", counted("attention", da.decode_attention_triton))
+    monkeypatch.setattr(sm, "sample_triton", counted("sampling", sm.sample_triton))
     monkeypatch.setenv("NANOR1_TRITON", "1")
     assert generate(model, prompts, max_new_tokens=6, temperature=0, n=2) == ref
+    assert calls["attention"] >= 5 * model.config.num_hidden_layers and calls["sampling"] >= 6  # the kernels ran
 
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "data/tiny/model.safetensors").is_file(),
