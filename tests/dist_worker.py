@@ -1,10 +1,12 @@
 """Run under torchrun by tests/test_distributed.py (gloo on the CPU). Usage:
     torchrun --nproc_per_node=2 tests/dist_worker.py MODE MODEL_DIR OUT_DIR
-MODE: step (one SGD step on a fixed batch), rollout (ranks decode different numbers of steps),
+MODE: step (one SGD step on a fixed batch per STEP_VARIANTS entry; grpo_clip clips every optimiser step),
+      rollout (ranks decode different numbers of steps),
       ckpt (a 2-rank checkpoint plus the logits of the sharded model),
       deal (dynamic sampling where only rank 0 finds informative groups: both ranks train on an equal share)."""
 import os
 import sys
+from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,19 +36,52 @@ def fixed_groups(P=4, G=4, V=97, seed=0):
     return groups
 
 
-def step_cfg(loss_type):
-    return TrainConfig(prompts_per_step=4, group_size=4, micro_batch_size=3, grad_clip=0.0, loss_type=loss_type,
-                       max_completion_len=6, mu=2, mini_batch_size=8, lr=0.5)
+# The step mode's variants: name -> (loss_type, grad_clip). With grad_clip 0.2 the pre-clip gradient norms of
+# the 4 optimiser steps (mu=2 x 2 mini-batches) are 0.63 to 2.8 on this batch, so "grpo_clip" clips every step
+# (test_distributed checks that from the recorded norms).
+STEP_VARIANTS = {"grpo": ("grpo", 0.0), "dapo": ("dapo", 0.0), "grpo_clip": ("grpo", 0.2)}
 
 
-def one_step(model, d, loss_type):
-    """Each rank trains on its own whole groups; returns the full parameters after one SGD step per mini-batch."""
+def step_cfg(loss_type, grad_clip=0.0):
+    return TrainConfig(prompts_per_step=4, group_size=4, micro_batch_size=3, grad_clip=grad_clip,
+                       loss_type=loss_type, max_completion_len=6, mu=2, mini_batch_size=8, lr=0.5)
+
+
+def one_step(model, d, variant):
+    """Each rank trains on its own whole groups; returns the full parameters after one SGD step per mini-batch.
+    variant: a key of STEP_VARIANTS."""
+    loss_type, grad_clip = STEP_VARIANTS[variant]
     groups = fixed_groups()
     per_rank = len(groups) // d.world_size
     mine = groups[d.rank * per_rank:(d.rank + 1) * per_rank]
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    train.train_step(step_cfg(loss_type), model, None, opt, mine, 0, d)
+    train.train_step(step_cfg(loss_type, grad_clip), model, None, opt, mine, 0, d)
     return {k: v.clone() for k, v in full_state_dict(model, d).items()}
+
+
+@contextmanager
+def recorded_grad_norms():
+    """Record, for each clip_grad_norm_ call (one per optimiser step), (the norm it returns, the norm of this
+    process's local gradients). Under FSDP the returned norm must be the global one over all shards; the local
+    one (this rank's shards only) is what clipping per shard would wrongly use. In one process both are equal."""
+    orig = torch.nn.utils.clip_grad_norm_
+    log = []
+
+    def recording(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        local = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+                 for p in parameters if p.grad is not None]
+        local = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in local]))
+        total = orig(parameters, max_norm, *args, **kwargs)  # read `local` first: this clips in place
+        full = total.full_tensor() if hasattr(total, "full_tensor") else total
+        log.append((full.item(), local.item()))
+        return total
+
+    torch.nn.utils.clip_grad_norm_ = recording  # train.train_step looks it up at call time
+    try:
+        yield log
+    finally:
+        torch.nn.utils.clip_grad_norm_ = orig
 
 
 def main():
@@ -59,6 +94,12 @@ def main():
     model = load()
     if mode == "step":
         result = {"grpo": one_step(model, d, "grpo"), "dapo": one_step(load(), d, "dapo")}
+        with recorded_grad_norms() as norms:
+            result["grpo_clip"] = one_step(load(), d, "grpo_clip")
+        # Every rank's (global, local) norm per step: rows of zeros except this rank's, summed over ranks.
+        per_rank = torch.zeros(d.world_size, len(norms), 2, dtype=torch.float64)
+        per_rank[d.rank] = torch.tensor(norms, dtype=torch.float64)
+        result["grpo_clip_norms"] = distributed.all_reduce(per_rank, d)
         if d.is_main:
             torch.save(result, os.path.join(out, "params.pt"))
     elif mode == "rollout":

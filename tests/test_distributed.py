@@ -31,16 +31,33 @@ def folder(tmp_path_factory):
 
 
 def test_two_ranks_make_the_same_update_as_one(folder, tmp_path):
+    """grpo and dapo without clipping, and grpo with a grad_clip that binds at every optimiser step: under FSDP
+    the clip must scale by the global norm over all shards, as one process does, not by each rank's own."""
     torchrun("tests/dist_worker.py", "step", folder, tmp_path)
     two = torch.load(tmp_path / "params.pt")
-    for loss_type in ("grpo", "dapo"):
+    norms = {}
+    for variant in ("grpo", "dapo", "grpo_clip"):
         torch.manual_seed(0)
-        one = dist_worker.one_step(Transformer.from_pretrained(folder, dtype=torch.float32), Dist(), loss_type)
+        with dist_worker.recorded_grad_norms() as norms[variant]:
+            one = dist_worker.one_step(Transformer.from_pretrained(folder, dtype=torch.float32), Dist(), variant)
         base = Transformer.from_pretrained(folder, dtype=torch.float32).state_dict()
         moved = max((one[k] - base[k]).abs().max().item() for k in one)
         assert moved > 1e-2, "the step barely moved the weights: the comparison would be vacuous"
         for k in one:
-            torch.testing.assert_close(two[loss_type][k], one[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+            torch.testing.assert_close(two[variant][k], one[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    # The clipped variant: one process's pre-clip norms all exceed grad_clip, so every step clips; both ranks saw
+    # the same global norm, equal to one process's.
+    clip = dist_worker.STEP_VARIANTS["grpo_clip"][1]
+    one_norms = torch.tensor(norms["grpo_clip"], dtype=torch.float64)[:, 0]  # (steps,)
+    rank_norms = two["grpo_clip_norms"]  # (ranks, steps, [global, local])
+    assert len(one_norms) == 4 and (one_norms > 1.2 * clip).all(), one_norms
+    torch.testing.assert_close(rank_norms[..., 0], one_norms.expand(2, -1), rtol=1e-5, atol=0)
+    # Clipping per shard would scale rank r's shard by min(1, clip / local_r) instead of clip / global: at least
+    # 5% off at every step here (each rank holds a share of the gradient), far beyond the tolerance above.
+    local = rank_norms[..., 1]
+    assert torch.allclose((local ** 2).sum(0), one_norms ** 2, rtol=1e-4), "local norms do not add up to the global"
+    per_shard_scale = (clip / local).clamp(max=1)
+    assert ((per_shard_scale / (clip / one_norms) - 1).abs() > 0.05).all(), (local, one_norms)
 
 
 def test_ranks_with_different_decode_lengths_finish(folder, tmp_path):

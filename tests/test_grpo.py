@@ -62,6 +62,60 @@ def test_gradients_hand_values_and_padding_gets_none():
     torch.testing.assert_close(g, expect)
 
 
+def ragged_batch():
+    """Three sequences of lengths 3, 1, 2 (T = 3) with old log-probs != 0, so the ratio is exp(logp - old).
+    Padding holds a ratio of 7 that must not count. Ratios per row, with A = (1, 2, -0.5):
+      row 0 (A=1):    1.1, 0.9 inside the clip range; 1.5 clipped to 1.2 (binds: A > 0)
+      row 1 (A=2):    1.05 inside
+      row 2 (A=-0.5): 0.95 inside; 1.5 above 1 + eps but A < 0: min(rA, 1.2A) = rA, the clip does not bind."""
+    ratio = torch.tensor([[1.1, 0.9, 1.5], [1.05, 7.0, 7.0], [0.95, 1.5, 7.0]])
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.0, -1.0], [-0.2, -0.7, -4.0]])
+    logp = (old + torch.log(ratio)).requires_grad_(True)
+    adv = torch.tensor([1.0, 2.0, -0.5])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]])
+    # By hand: per-token loss -min(rA, clip(r)A), and its derivative in logp (dr/dlogp = r): -rA where the
+    # unclipped term is the min, 0 where the clip binds or in padding.
+    tok_loss = [[-1.1, -0.9, -1.2], [-2.1], [0.475, 0.75]]
+    tok_grad = torch.tensor([[-1.1, -0.9, 0.0], [-2.1, 0.0, 0.0], [0.475, 0.75, 0.0]])
+    return logp, old, adv, mask, tok_loss, tok_grad
+
+
+def test_grpo_weights_each_sequence_by_its_own_length():
+    """grpo: mean over the 3 sequences of each sequence's token mean, so a token of row i weighs 1 / (B * L_i):
+    1/9 in the 3-token row, 1/3 in the 1-token row, 1/6 in the 2-token row."""
+    logp, old, adv, mask, tok_loss, tok_grad = ragged_batch()
+    loss, _ = policy_loss(logp, old, adv, mask, loss_type="grpo")
+    want = (sum(tok_loss[0]) / 3 + sum(tok_loss[1]) / 1 + sum(tok_loss[2]) / 2) / 3  # -0.8513888...
+    assert abs(loss.item() - want) < 1e-6 and abs(want - (-3.2 / 3 - 2.1 + 1.225 / 2) / 3) < 1e-12
+    loss.backward()
+    weight = torch.tensor([[1 / 9], [1 / 3], [1 / 6]])
+    torch.testing.assert_close(logp.grad, tok_grad * weight)
+    assert (logp.grad[mask == 0] == 0).all() and logp.grad[0, 2] == 0  # padding and the binding clip: none
+    # With a step-wide normaliser of 6 sequences (this batch is half the step), each weight is 1 / (6 * L_i).
+    logp.grad = None
+    loss, _ = policy_loss(logp, old, adv, mask, loss_type="grpo", normalizer=6)
+    assert abs(loss.item() - want * 3 / 6) < 1e-6
+    loss.backward()
+    torch.testing.assert_close(logp.grad, tok_grad * weight * 3 / 6)
+
+
+def test_dr_grpo_divides_by_sequences_times_max_len():
+    """dr_grpo: the token sum over B * max_len = 3 * 4 (the generation budget, not T = 3 nor the 6 valid
+    tokens): every valid token weighs 1/12 whatever its sequence's length."""
+    logp, old, adv, mask, tok_loss, tok_grad = ragged_batch()
+    loss, _ = policy_loss(logp, old, adv, mask, loss_type="dr_grpo", max_len=4)
+    want = sum(sum(row) for row in tok_loss) / (3 * 4)  # -4.075 / 12
+    assert abs(loss.item() - want) < 1e-6 and abs(want + 4.075 / 12) < 1e-12
+    loss.backward()
+    torch.testing.assert_close(logp.grad, tok_grad / 12)
+    # With a step-wide normaliser of 6 sequences: / (6 * 4).
+    logp.grad = None
+    loss, _ = policy_loss(logp, old, adv, mask, loss_type="dr_grpo", max_len=4, normalizer=6)
+    assert abs(loss.item() - sum(sum(row) for row in tok_loss) / 24) < 1e-6
+    loss.backward()
+    torch.testing.assert_close(logp.grad, tok_grad / 24)
+
+
 def test_clip_higher_and_kl():
     logp = torch.log(torch.tensor([[1.25]])).requires_grad_(True)
     old = torch.zeros(1, 1)
