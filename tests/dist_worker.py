@@ -1,6 +1,7 @@
 """Run under torchrun by tests/test_distributed.py (gloo on the CPU). Usage:
     torchrun --nproc_per_node=2 tests/dist_worker.py MODE MODEL_DIR OUT_DIR
-MODE: step (one SGD step on a fixed batch per STEP_VARIANTS entry; grpo_clip clips every optimiser step),
+MODE: step (one SGD step on a fixed batch per STEP_VARIANTS entry; grpo_clip clips every optimiser step;
+            grpo_ckpt is grpo with gradient checkpointing),
       rollout (ranks decode different numbers of steps),
       ckpt (a 2-rank checkpoint plus the logits of the sharded model),
       deal (dynamic sampling where only rank 0 finds informative groups: both ranks train on an equal share)."""
@@ -89,11 +90,14 @@ def main():
     d = distributed.setup()
     torch.manual_seed(0)
 
-    def load():
-        return distributed.shard(Transformer.from_pretrained(model_dir, dtype=torch.float32), d)
+    def load(checkpointing=False):
+        m = Transformer.from_pretrained(model_dir, dtype=torch.float32)
+        m.gradient_checkpointing = checkpointing  # each block recomputed in backward, inside its FSDP unit
+        return distributed.shard(m, d)
     model = load()
     if mode == "step":
-        result = {"grpo": one_step(model, d, "grpo"), "dapo": one_step(load(), d, "dapo")}
+        result = {"grpo": one_step(model, d, "grpo"), "dapo": one_step(load(), d, "dapo"),
+                  "grpo_ckpt": one_step(load(checkpointing=True), d, "grpo")}
         with recorded_grad_norms() as norms:
             result["grpo_clip"] = one_step(load(), d, "grpo_clip")
         # Every rank's (global, local) norm per step: rows of zeros except this rank's, summed over ranks.
