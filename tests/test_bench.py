@@ -1,0 +1,16 @@
+"""The benchmark that issue 13's GPU figure comes from still runs (tiny shape, one CPU process, one step)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_step_bench_prints_its_table():
+    p = subprocess.run([sys.executable, "bench/bench_train_step.py", "--model", "tiny", "--steps", "1",
+                        "--grad_checkpointing"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    row = p.stdout.strip().splitlines()[-1].split("|")
+    assert float(row[1]) > 0 and "GiB" in row[3], p.stdout
