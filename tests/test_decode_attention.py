@@ -10,6 +10,7 @@ from kernels.decode_attention import decode_attention
 from tests.sm90 import compile_for_h100
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("fresh_seed")  # new random inputs each run (tests/conftest.py)
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2 ** -7}  # max abs error, relative to max(1, |out|)
 
 

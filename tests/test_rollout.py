@@ -127,6 +127,9 @@ def test_nan_in_unused_cache_slots_changes_nothing(tiny, monkeypatch):
     model, _ = tiny
     prompts = [torch.randint(0, V, (n,)).tolist() for n in (2, 9, 5)]
     clean = generate(model, prompts, max_new_tokens=10, temperature=0.8, n=2, seed=4)
+    eos = list(range(0, V, 7))  # rows end at different steps: compaction moves rows over the garbage too
+    clean_eos = generate(model, prompts, max_new_tokens=10, temperature=0.8, n=4, seed=5, eos_token_id=eos)
+    assert len({len(c) for c in clean_eos}) > 2
     init = KVCache.__init__
 
     def poisoned(self, *a, **kw):
@@ -136,6 +139,7 @@ def test_nan_in_unused_cache_slots_changes_nothing(tiny, monkeypatch):
 
     monkeypatch.setattr(KVCache, "__init__", poisoned)
     assert generate(model, prompts, max_new_tokens=10, temperature=0.8, n=2, seed=4) == clean
+    assert generate(model, prompts, max_new_tokens=10, temperature=0.8, n=4, seed=5, eos_token_id=eos) == clean_eos
 
 
 def test_cache_compaction_in_place_equals_select(tiny):

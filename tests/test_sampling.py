@@ -13,6 +13,7 @@ from kernels.sampling import _mix, _mix_int, gumbel_noise, logprobs_of, sample
 from tests.sm90 import compile_for_h100
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("fresh_seed")  # new random inputs each run (tests/conftest.py)
 IMPLS = ["triton", "torch"]
 Z_MAX = 5.0  # a z-score bound: a correct sampler fails a check with probability ~1e-6
 
