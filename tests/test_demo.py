@@ -3,10 +3,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import sample
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,3 +55,16 @@ def test_sample_py_context_error_is_one_line():
     code, _, err = run("sample.py", "--model", TINY, "--prompt", "1+1=", "--max_new_tokens", "100000",
                        env={"NANOR1_TRACEBACK": "1"})
     assert code == 1 and "Traceback" in err and "context" in err
+
+
+def test_sample_py_defaults_to_the_newest_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert sample.default_model() == sample.TINY  # no out/ yet: the shipped base
+    for run, step in (("run-a", 5), ("run-b", 2), ("run-a", 9)):
+        (tmp_path / "out" / run / f"ckpt-{step}").mkdir(parents=True)
+        (tmp_path / "out" / run / ".tmp-ckpt-10").mkdir(exist_ok=True)  # an unfinished save never counts
+        t = time.time() + step  # written in this order; mtime decides, not the step number
+        os.utime(tmp_path / "out" / run / f"ckpt-{step}", (t, t))
+    assert sample.default_model() == str(Path("out") / "run-a" / "ckpt-9")
+    os.utime(tmp_path / "out" / "run-b" / "ckpt-2", (time.time() + 100, time.time() + 100))
+    assert sample.default_model() == str(Path("out") / "run-b" / "ckpt-2")
