@@ -2,7 +2,10 @@
 autograd wrapper and a `__main__` that checks and times it.
 
 On CUDA tensors the compiled kernels run. Elsewhere the torch reference runs, unless NANOR1_TRITON=1
-forces the Triton path (on the CPU that needs TRITON_INTERPRET=1 set before triton is imported)."""
+forces the Triton path (on the CPU that needs TRITON_INTERPRET=1 set before triton is imported).
+
+One import-time effect, on purpose: with TRITON_INTERPRET=1 and triton < 3.7, importing this package fixes
+one line of Triton's interpreter (see _squeeze_loop_bounds_in_old_interpreters); nothing else changes."""
 import os
 
 import torch
