@@ -18,7 +18,6 @@ scores exactly the distribution the sampler drew from (`logprob_mismatch` in the
 """
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -216,18 +215,34 @@ def _stack(mb, key, like):
     return torch.stack([torch.nn.functional.pad(s[key], (0, T - s[key].shape[0])) for s in mb])
 
 
-def truncate_log(path, step):
-    """Keep the JSON lines of steps <= step (a line torn by a crash does not parse and goes too)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line + "\n")
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
-    path.write_text("".join(keep))
+def set_aside(out, step):
+    """A resume from checkpoint `step` replays what the run wrote after it. Move that to out/abandoned/ instead
+    of deleting it: log lines past the step (and a line torn by a crash) are appended to abandoned/<log>,
+    newer checkpoints move there whole, so the next --resume latest cannot pick them and nothing is lost."""
+    aside = out / "abandoned"
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        if not (out / name).exists():
+            continue
+        keep, drop = [], []
+        for line in (out / name).read_text().splitlines():
+            try:
+                kept = json.loads(line)["step"] <= step
+            except (json.JSONDecodeError, KeyError, TypeError):
+                kept = False
+            (keep if kept else drop).append(line + "\n")
+        if drop:
+            aside.mkdir(exist_ok=True)
+            with open(aside / name, "a") as f:
+                f.writelines(drop)
+        (out / name).write_text("".join(keep))
+    for newer in list_checkpoints(out):
+        if int(newer.name.split("-")[1]) > step:
+            aside.mkdir(exist_ok=True)
+            target, n = aside / newer.name, 1
+            while target.exists():  # set aside by an earlier resume too
+                n += 1
+                target = aside / f"{newer.name}.{n}"
+            newer.rename(target)
 
 
 def lr_at(cfg, opt_step):
@@ -301,12 +316,8 @@ def main(argv=None):
         ck = resolve(cfg.resume, out)
         state = load_checkpoint(ck, model, opt, d)
         step, cursor, opt_step = state["step"], state["cursor"], state["opt_step"]
-        if d.is_main:  # what a crashed run wrote after this checkpoint is replayed: drop it
-            for name in ("metrics.jsonl", "samples.jsonl"):
-                truncate_log(out / name, step)
-            for newer in list_checkpoints(out):  # a later branch would be picked by the next --resume latest
-                if int(newer.name.split("-")[1]) > step:
-                    shutil.rmtree(newer)
+        if d.is_main:
+            set_aside(out, step)
             print(f"resumed from {ck} at step {step}")
             changed = changed_settings(state.get("config", {}), cfg)
             if changed:

@@ -40,6 +40,9 @@ def test_resume_gives_the_same_metrics(tmp_path):
     assert [r["step"] for r in full] == [0, 1, 2, 2, 3, 4, 4]
     assert full == split
     assert [p.name for p in list_checkpoints(tmp_path / "split")] == ["ckpt-2", "ckpt-4"]
+    # The crashed run's rows past the checkpoint, the torn one included, were set aside, not lost.
+    assert (tmp_path / "split" / "abandoned" / "metrics.jsonl").read_text() == \
+        json.dumps({"step": 3, "reward": -1}) + "\n" + '{"step": 4, "rew' + "\n"
 
 
 @needs_tiny
@@ -53,11 +56,13 @@ def test_resume_from_a_named_checkpoint_folder(tmp_path, capsys):
     assert f"resumed from {out / 'ckpt-1'} at step 1" in capsys.readouterr().out
     full = metrics(tmp_path / "full")
     assert [r["step"] for r in full] == [0, 1, 2, 2]
-    assert metrics(out) == full  # the rows of steps 2 and 3 from before the resume are gone
-    # Checkpoints newer than step 1 were deleted (the next --resume latest must not pick ckpt-3),
-    # and step 2 was saved afresh.
+    assert metrics(out) == full  # the rows of steps 2 and 3 from before the resume left the log
+    # Checkpoints newer than step 1 were set aside (the next --resume latest must not pick ckpt-3), and step
+    # 2 was saved afresh; nothing is deleted: the old branch's checkpoints and rows are under abandoned/.
     assert [p.name for p in list_checkpoints(out)] == ["ckpt-1", "ckpt-2"]
     assert not (out / "ckpt-2" / "stale").exists()
+    assert (out / "abandoned" / "ckpt-2" / "stale").exists() and (out / "abandoned" / "ckpt-3").is_dir()
+    assert [r["step"] for r in metrics(out / "abandoned") if "reward" in r] == [2, 3]
 
 
 @needs_tiny
