@@ -238,11 +238,17 @@ def set_aside(out, step):
     for newer in list_checkpoints(out):
         if int(newer.name.split("-")[1]) > step:
             aside.mkdir(exist_ok=True)
-            target, n = aside / newer.name, 1
-            while target.exists():  # set aside by an earlier resume too
-                n += 1
-                target = aside / f"{newer.name}.{n}"
-            newer.rename(target)
+            newer.rename(free_name(aside / newer.name))
+
+
+def free_name(path):
+    """`path`, or `path.2`, `path.3`, ... : the first that does not exist yet (an earlier resume may have
+    set aside a file of the same name)."""
+    n, target = 1, path
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.{n}")
+    return target
 
 
 def lr_at(cfg, opt_step):
@@ -324,7 +330,7 @@ def main(argv=None):
                 print("warning: resumed with changed settings, so this is no longer one uninterrupted run: "
                       + ", ".join(changed))
                 if (out / "config.json").exists():  # keep what the earlier steps ran with
-                    (out / "config.json").rename(out / f"config-until-step-{step}.json")
+                    (out / "config.json").rename(free_name(out / f"config-until-step-{step}.json"))
             save_config(cfg, out / "config.json")
 
     def log(row):

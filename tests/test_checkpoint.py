@@ -84,8 +84,10 @@ def test_resume_with_changed_settings_warns_and_keeps_the_old_config(tmp_path, c
     said = capsys.readouterr().out
     assert "changed settings" in said and "clip_high 0.2 -> 0.28, lr 0.001 -> 0.0001" in said
     assert json.loads((out / "config-until-step-2.json").read_text())["lr"] == 1e-3
+    run(out, "--steps", "3", "--resume", str(out / "ckpt-2"), "--lr", "2e-4")  # again from step 2: both kept
+    assert json.loads((out / "config-until-step-2.json.2").read_text())["lr"] == 1e-4
     saved = json.loads((out / "config.json").read_text())
-    assert saved["lr"] == 1e-4 and saved["out"] == str(out) and saved["template"] == "base"  # resolved values
+    assert saved["lr"] == 2e-4 and saved["out"] == str(out) and saved["template"] == "base"  # resolved values
 
 
 @needs_tiny
