@@ -62,6 +62,7 @@ def main(argv=None):
     tok = Tokenizer.from_pretrained(path)
     model = Transformer.from_pretrained(path, dtype=dtype, device=args.device).eval()
     tok.check_model(model.config.vocab_size)
+    model.vocab_limit = tok.vocab_size  # never sample the embedding's padding rows (nanor1/model.py)
     task = get_task(args.task, args.template)
     if args.eval:
         return run_eval(args, path, model, tok, task)
@@ -75,7 +76,7 @@ def main(argv=None):
     print(f"# {path}  T={temperature} top_k={args.top_k} top_p={args.top_p}\n{text}", end="", flush=True)
     ids = tok.encode(text)
     kw = dict(temperature=temperature, top_k=args.top_k, top_p=args.top_p, eos_token_id=sorted(tok.eos_token_ids),
-              vocab_size=tok.vocab_size, seed=args.seed)
+              seed=args.seed)
     if args.num_samples == 1:  # stream: print each new piece of decoded text as tokens arrive
         got, shown = [], ""
 
@@ -102,8 +103,7 @@ def run_eval(args, path, model, tok, task):
     with Verifier(task) as verifier:
         summary, records = evaluate(model, tok, task, rows, verifier, budget, num_samples=args.num_samples,
                                     temperature=temperature, top_p=args.top_p, top_k=args.top_k,
-                                    batch_size=args.batch_size,
-                                    seed=args.seed)
+                                    batch_size=args.batch_size, seed=args.seed)
     out = Path(args.out or time.strftime(f"out/eval-{task.name}-%Y%m%d-%H%M%S.jsonl"))
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:

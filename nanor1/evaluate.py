@@ -40,8 +40,7 @@ def evaluate(model, tokenizer, task, rows, verifier, max_new_tokens, num_samples
             batch = [rows[i] for i in idx]
             out = generate(model, encode_prompts(task, tokenizer, batch), max_new_tokens, temperature=temperature,
                            top_p=top_p, top_k=top_k, eos_token_id=sorted(tokenizer.eos_token_ids), n=n,
-                           stop_strings=task.stop, decode=tokenizer.decode, vocab_size=tokenizer.vocab_size,
-                           seed=seed + start)
+                           stop_strings=task.stop, decode=tokenizer.decode, seed=seed + start)
             texts = [tokenizer.decode(c) for c in out]  # special tokens kept, as the rewards expect
             rewards = verifier.score(texts, [r for r in batch for _ in range(n)])
             for j, i in enumerate(idx):

@@ -117,7 +117,8 @@ class KVCache:
         """Keep only batch rows `keep`, in place: each row of `keep` at or past len(keep) moves into a hole
         left by a dropped row below, then the buffers are narrowed to the first len(keep) rows. No second
         cache is allocated (select() holds old and new at once) and only as many rows are copied as left
-        the front. Returns the new order: row i now holds what row order[i] held."""
+        the front. Returns the new order (a tensor on the cache's device): row i now holds what row order[i]
+        held."""
         n, kept = len(keep), set(keep)
         holes = [i for i in range(n) if i not in kept]
         movers = [j for j in keep if j >= n]
@@ -127,7 +128,8 @@ class KVCache:
             self.v[:, i].copy_(self.v[:, j])
             order[i] = j
         self.k, self.v = self.k[:, :n], self.v[:, :n]
-        self.lengths = self.lengths[torch.tensor(order, device=self.lengths.device)]
+        order = torch.tensor(order, device=self.lengths.device)
+        self.lengths = self.lengths[order]
         return order
 
 

@@ -30,13 +30,13 @@ class Rollouts:
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, eos_token_id=None, n=1,
              stop=None, seed=0, details=False, stream: Optional[Callable[[int, int], None]] = None,
-             stop_strings=None, decode=None, vocab_size=None):
+             stop_strings=None, decode=None):
     """Sample `n` completions for each prompt (a GRPO group), prompt-major: completion i*n + j is sample j of
     prompt i. Returns list[list[int]], or a `Rollouts` with log-probs and truncation flags if `details`.
     temperature 0 is greedy; top_k=0 and top_p=1 are off. `stream(seq, token)` sees each token as it comes.
     `stop` holds token-id sequences; `stop_strings` text matched on the decoded tail (`decode` = the
     tokenizer's), needed because BPE spells "</answer>" differently after " " or "." than alone.
-    `vocab_size` (the tokenizer's; default: model.vocab_limit): ids at or past it are never sampled. A
+    Ids at or past `model.vocab_limit` (the tokenizer's vocab_size, when set) are never sampled: a
     checkpoint's embedding is often padded past the vocabulary (Qwen2.5: 151,936 rows for 151,665 tokens)
     and those ids decode to nothing. The sampler's log-probs normalise over the same ids as the trainer's."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -49,10 +49,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
         raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
                          f"context of {context} tokens")
     V = model.config.vocab_size
-    vocab_size = vocab_size if vocab_size is not None else getattr(model, "vocab_limit", None)
-    if vocab_size is not None and not 0 < vocab_size <= V:
-        raise ValueError(f"vocab_size must lie in [1, {V}] (the model's vocabulary), got {vocab_size}")
-    vocab = None if vocab_size is None or vocab_size == V else vocab_size
+    vocab = model.vocab_limit
+    if vocab is not None and not 0 < vocab <= V:
+        raise ValueError(f"model.vocab_limit must lie in [1, {V}] (the model's vocabulary), got {vocab}")
     eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
     stop = [list(s) for s in (stop or []) if len(s)]
     stop_strings = [s for s in (stop_strings or []) if s]
@@ -104,7 +103,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
         if t == max_new_tokens - 1 or not keep:
             break
         if len(keep) < len(live):  # compact: finished sequences stop costing compute
-            keep_t = torch.tensor(cache.compact(keep), device=device)  # the rows' new order
+            keep_t = cache.compact(keep)  # (B',) the rows' new order
             live, tok = live[keep_t], tok[keep_t]
         logits = model(tok[:, None], kv_cache=cache)[:, :vocab]  # (B, V), a view: the sampler takes strides
 

@@ -153,7 +153,7 @@ def test_cache_compaction_in_place_equals_select(tiny):
     b.k, b.v, b.lengths = a.k.clone(), a.v.clone(), a.lengths.clone()
     storage = a.k.untyped_storage().data_ptr()
     for keep in ([0, 2, 3, 5], [1, 3], [0]):  # finished rows leave, step after step
-        order = a.compact(keep)
+        order = a.compact(keep).tolist()
         assert sorted(order) == sorted(keep)
         if keep == [0, 2, 3, 5]:
             assert order == [0, 5, 2, 3]  # one copy: row 5 fills the hole of row 1
@@ -183,12 +183,13 @@ def test_ids_past_the_tokenizer_vocabulary_are_never_sampled(tiny, temperature):
     prompts = [[1, 2, 3], [4, 5, 6, 7]]
     free = generate(padded, prompts, max_new_tokens=8, temperature=temperature, n=4, seed=1)
     assert sum(t >= 90 for c in free for t in c) > len(free) * 8 // 2  # without the limit they win
-    res = generate(padded, prompts, max_new_tokens=8, temperature=temperature, n=4, seed=1, vocab_size=90,
-                   details=True)
+    padded.vocab_limit = 90
+    res = generate(padded, prompts, max_new_tokens=8, temperature=temperature, n=4, seed=1, details=True)
     assert all(0 <= t < 90 for c in res.tokens for t in c)
     assert all(math.isfinite(x) and x <= 0 for lp in res.logprobs for x in lp)
-    with pytest.raises(ValueError, match="vocab_size must lie in"):
-        generate(model, prompts, max_new_tokens=2, vocab_size=V + 1)
+    padded.vocab_limit = V + 1
+    with pytest.raises(ValueError, match="vocab_limit must lie in"):
+        generate(padded, prompts, max_new_tokens=2)
 
 
 def test_sampler_and_trainer_logprobs_agree_with_a_vocab_limit(tiny):
