@@ -23,7 +23,7 @@ from nanor1.model import Transformer
 from nanor1.rollout import generate
 from nanor1.tasks import get_task
 from nanor1.tokenizer import Tokenizer
-from nanor1.verify import Verifier
+from nanor1.verifier import Verifier
 
 TINY = "data/tiny"
 

@@ -8,7 +8,7 @@ r"""Tasks: real data, a prompt template, and a rule-based reward, looked up by n
 `completion_text` is the decoded completion alone (no prompt), decoded with special tokens kept (the
 tokenizer's default) and including the stop string when the rollout stopped on one of `task.stop`. A trailing
 EOS token's text (`<|im_end|>`) is harmless to every reward. Rewards are computed in a killable worker process
-with a timeout per completion: see `nanor1.verify.Verifier`.
+with a timeout per completion: see `nanor1.verifier.Verifier`.
 
 Templates. `base` is plain text for base models, ending where the model should start writing; `instruct` is
 ChatML written by `tokenizer.apply_chat_template`, for instruct models. Rollouts may stop on `task.stop`:

@@ -12,7 +12,8 @@ import pytest
 
 from nanor1.tasks import TASKS, Task, get_task, register_task
 from nanor1.tokenizer import Tokenizer
-from nanor1.verify import Verifier, eval_arith, last_boxed, last_tag_block, math_equal, score_batch
+from nanor1.verifier import Verifier, score_batch
+from nanor1.verify import eval_arith, last_boxed, last_tag_block, math_equal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
