@@ -7,7 +7,7 @@ many: seconds per step, trained tokens/s and peak memory per rank, next to scrip
         --sequences 64 --grad_checkpointing                                              issue 13's 1.5B step
 
 Each rank trains on `--sequences` synthetic sequences of `--seq` tokens (half prompt, half completion, groups of
-8 with 0/1 rewards) through train.train_step: FSDP2 across ranks, fp32 master weights + AdamW, bf16 compute on
+8 with 0/1 rewards) through nanor1.step's score and update: FSDP2 across ranks, fp32 master weights + AdamW, bf16 compute on
 CUDA, the fused log-prob head, one optimiser step. The first step is a warm-up and is not timed.
 """
 import argparse
@@ -20,10 +20,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import train  # noqa: E402
 from nanor1 import distributed  # noqa: E402
-from nanor1.config import TrainConfig  # noqa: E402
-from nanor1.model import ModelConfig, Transformer  # noqa: E402
+from nanor1 import step as rl  # noqa: E402
+from nanor1.config import ModelConfig, TrainConfig  # noqa: E402
+from nanor1.model import Transformer  # noqa: E402
+from nanor1.precision import choose  # noqa: E402
 from scripts.memory import MODELS, params  # noqa: E402
 
 SHAPES = dict(MODELS, tiny=(64, 96, 2, 4, 2, 320, True))  # (hidden, intermediate, layers, heads, kv, vocab, tied)
@@ -50,8 +51,8 @@ def synthetic_groups(n_seqs, seq, vocab, G, seed):
     groups = []
     for _ in range(n_seqs // G):
         prompt = torch.randint(0, vocab, (P,), generator=g).tolist()
-        groups.append([dict(prompt=prompt, completion=torch.randint(0, vocab, (seq - P,), generator=g).tolist(),
-                            sampler_logp=[0.0] * (seq - P), truncated=False, reward=float(j % 2))
+        groups.append([rl.Sample(prompt=prompt, completion=torch.randint(0, vocab, (seq - P,), generator=g).tolist(),
+                                 sampler_logp=[0.0] * (seq - P), truncated=False, reward=float(j % 2), text="")
                        for j in range(G)])
     return groups
 
@@ -79,10 +80,14 @@ def main():
     d = distributed.setup()
     model = build(args.model, d.device)
     model.gradient_checkpointing = args.grad_checkpointing
-    distributed.shard(model, d)
+    prec = choose(d.device)
+    distributed.shard(model, d, prec)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     cfg = TrainConfig(prompts_per_step=args.sequences // G * d.world_size, group_size=G, micro_batch_size=args.micro,
                       max_completion_len=args.seq - args.seq // 2, grad_checkpointing=args.grad_checkpointing)
+    run = rl.Run(cfg=cfg, d=d, prec=prec, tok=None, task=None, rows=[], prompts=[], stream=None, verifier=None,
+                 stop=None)
+    learners = [rl.PolicyLearner(model, opt, run)]
     times, opt_step = [], 0
     for step in range(1 + args.steps):
         groups = synthetic_groups(args.sequences, args.seq, SHAPES[args.model][5], G, seed=step * 1000 + d.rank)
@@ -90,7 +95,9 @@ def main():
         if d.device.type == "cuda":
             torch.cuda.synchronize(d.device)
         t0 = time.perf_counter()
-        _, opt_step = train.train_step(cfg, model, None, opt, groups, opt_step, d)
+        batch, sums = rl.score(run, groups, model, None)
+        opt_step = rl.update(run, batch, learners, opt_step, lambda _: cfg.lr, sums)
+        sums.reduce(d)  # the step's one device-to-host copy of its statistics
         if d.device.type == "cuda":
             torch.cuda.synchronize(d.device)
         distributed.barrier(d)

@@ -5,7 +5,7 @@
 
 It takes the path a real Qwen checkpoint takes, so everything downstream (loading, rollouts, GRPO) runs
 unchanged on it:
-1. Corpus: documents `prompt + completion` from nanor1/arithmetic.py (two writers: see its docstring).
+1. Corpus: documents `prompt + completion` from nanor1/tasks/arithmetic.py (two writers: see its docstring).
 2. Tokenizer: byte-level BPE trained with `tokenizers`, Qwen2's pre-tokenizer (one digit per token, which
    is what lets a small model add column by column), `<|endoftext|>` as EOS and pad.
 3. Model: a Qwen2 config (QKV bias, tied embeddings, GQA) built in code; nanor1's Transformer pretrained
@@ -32,7 +32,7 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, tra
 from tokenizers import Tokenizer as HFTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-from nanor1 import arithmetic  # noqa: E402
+from nanor1.tasks import arithmetic  # noqa: E402
 from nanor1.model import ModelConfig, Transformer  # noqa: E402
 from nanor1.tokenizer import Tokenizer  # noqa: E402
 from nanor1.weights import config_dict  # noqa: E402
@@ -168,15 +168,15 @@ def pretrain(model, tokenizer, args):
 def evaluate(model, tokenizer, args):
     """Greedy pass@1 and sampled pass@k (k = args.samples, temperature 1) on the held-out split, and how
     often the model carries on the problems that need a carry (the careful writer's behaviour)."""
-    from nanor1.rollout import generate
+    from nanor1.rollout import Stop, generate
     task = arithmetic.Arithmetic()
     rows = task.eval_rows()[:args.eval_size]
     prompts = [tokenizer.encode(task.prompt(r, tokenizer)) for r in rows]
-    kw = dict(eos_token_id=tokenizer.eos_token_ids, stop=[tokenizer.encode(s) for s in task.stop])
-    greedy = tokenizer.decode_batch(generate(model, prompts, args.max_new_tokens, temperature=0, **kw))
+    kw = dict(stop=Stop(eos=tokenizer.eos_token_ids, strings=task.stop, decode=tokenizer.decode))
+    greedy = tokenizer.decode_batch(generate(model, prompts, args.max_new_tokens, temperature=0, **kw).tokens)
     k = args.samples
     sampled = tokenizer.decode_batch(generate(model, prompts, args.max_new_tokens, temperature=1.0, n=k,
-                                              seed=args.seed, **kw))
+                                              seed=args.seed, **kw).tokens)
     g_ok = [task.is_correct(task.reward(c, r)) for c, r in zip(greedy, rows)]
     s_ok = [task.is_correct(task.reward(c, rows[i // k])) for i, c in enumerate(sampled)]
     need = [arithmetic.has_carry(r["a"], r["b"]) for r in rows]
@@ -232,7 +232,7 @@ def write_readme(out, args, argv, cfg, n_tokens, n_params, wall, metrics):
     text = f"""# data/tiny: the tiny base model nanoR1 ships
 
 Built from nothing by `data/build_tiny.py` (tokenizer, Qwen2 config, pretraining on a synthetic corpus),
-for the task `arithmetic` (nanor1/arithmetic.py: add two 2- or 3-digit numbers). This file is written by
+for the task `arithmetic` (nanor1/tasks/arithmetic.py: add two 2- or 3-digit numbers). This file is written by
 the script; the numbers below are that run's.
 
 | | |

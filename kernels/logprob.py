@@ -24,8 +24,9 @@ Two implementations of the same math, picked by `impl` (see `linear_logprob`):
 - torch: groups of the vocabulary; the forward merges running statistics group by group, the backward
   recomputes each group's logits and gets its dW rows over all N in one matmul. The BLAS accumulates in
   fp32 but rounds each logit to the input dtype, as the naive path does (bf16: 2^-9 of |z|).
-- Triton: `_fwd_kernel` keeps a (BLOCK_N, BLOCK_V) logits tile in registers (fp32 accumulation) and
-  updates (m, s, t, z_y) tile by tile; no logit leaves the chip. Each row block reads its h rows and all
+- Triton: `_fwd_kernel` keeps a (BLOCK_N, BLOCK_V) logits tile in registers (fp32 accumulation, each
+  logit then rounded to bf16 for bf16 inputs, like the torch path) and updates (m, s, t, z_y) tile by
+  tile; no logit leaves the chip. Each row block reads its h rows and all
   of W (2VC bytes, shared through L2 by the row blocks running together) and writes 16 bytes per token
   per split: the grid also splits V so that a short N still fills the SMs, and a torch epilogue merges.
   The backward: `_dz_kernel` recomputes logits tile by tile and writes dz for one vocabulary chunk (a slab
@@ -36,6 +37,11 @@ Two implementations of the same math, picked by `impl` (see `linear_logprob`):
   2024) atomically adds each (N, V) tile's share into dh and dW: NVC (1/BLOCK_N + 1/BLOCK_V) fp32
   atomics, ~35 G at N=16384 with 128-wide tiles, in a non-deterministic order. The slab instead costs
   6NV bytes (written once, read twice: 15 GB at N=16384, ~4.5 ms of H100 HBM) and stays deterministic.
+
+Rounding the logits matters: the rollout samples from the LM head's bf16 logits (nanor1/rollout.py), and the
+importance ratio and `logprob_mismatch` compare the trainer's log-probs with the sampler's. Unrounded fp32
+logits of std 8 differ from the rounded ones by 2e-2 to 5e-2 nats on average (0.12 to 0.17 at worst);
+rounded in both, the two agree to 1e-6 (tests/test_logprob.py).
 
 Dtypes: hidden and weight are fp32 or bf16. When they differ, hidden is cast to weight's dtype (autocast
 does not reach a custom autograd Function; W sets the matmul precision and the cast copies only (N, C)).
@@ -188,6 +194,8 @@ def _logits_tile(
     h_ptr, w_ptr, rows, cols, row_ok, col_ok, C, stride_h, stride_w, inv_t,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    Z_BF16: tl.constexpr,  # round each logit h . W_v to bf16 before / T, as the sampler's bf16 matmul does
+    HAND: tl.constexpr,  # round by hand (the interpreter truncates fp32 -> bf16, see _cast_for)
 ):
     """(BLOCK_N, BLOCK_V) fp32 tile of z = h @ W.T / T; columns past V are NEG."""
     acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
@@ -202,7 +210,19 @@ def _logits_tile(
             h = h.to(tl.float32)
             wt = wt.to(tl.float32)
         acc = tl.dot(h, wt, acc, input_precision=PRECISION)
+    if Z_BF16:
+        acc = _round_bf16(acc, HAND)
     return tl.where(col_ok[None, :], acc * inv_t, NEG)
+
+
+@triton.jit
+def _round_bf16(x, HAND: tl.constexpr):
+    """fp32 x rounded to the nearest bf16 (ties to even), kept in fp32."""
+    if HAND:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    return x.to(tl.bfloat16).to(tl.float32)
 
 
 @triton.jit
@@ -210,9 +230,7 @@ def _cast_for(x, ptr, ROUND: tl.constexpr):
     """fp32 x cast to ptr's element type. The interpreter truncates fp32 -> bf16 (a bias of -2^-9 that
     adds up in dW), so under it ROUND first rounds to the nearest even bf16 by hand, making the cast exact."""
     if ROUND:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        x = bits.to(tl.float32, bitcast=True)
+        x = _round_bf16(x, True)
     return x.to(ptr.dtype.element_ty)
 
 
@@ -231,6 +249,7 @@ def _fwd_kernel(
     ENTROPY: tl.constexpr,  # also accumulate t (otherwise part[2] is left unwritten)
     UPCAST: tl.constexpr,  # load as fp32 (the interpreter's bf16 arithmetic is wrong)
     PRECISION: tl.constexpr,  # tl.dot input precision: "ieee" for fp32 inputs (TF32 would cost 1e-3)
+    Z_BF16: tl.constexpr, HAND: tl.constexpr,  # see _logits_tile
 ):
     pid_n, split = tl.program_id(0), tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -245,7 +264,7 @@ def _fwd_kernel(
     for tile in range(first, last):
         cols = tile * BLOCK_V + tl.arange(0, BLOCK_V)
         z = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, cols < V, C, stride_h, stride_w, inv_t,
-                         BLOCK_N, BLOCK_V, BLOCK_C, UPCAST, PRECISION)  # (BLOCK_N, BLOCK_V)
+                         BLOCK_N, BLOCK_V, BLOCK_C, UPCAST, PRECISION, Z_BF16, HAND)  # (BLOCK_N, BLOCK_V)
         m_new = tl.maximum(m, tl.max(z, axis=1))
         alpha = tl.exp(m - m_new)  # rescales the old sums to the new max
         ez = tl.exp(z - m_new[:, None])
@@ -274,12 +293,13 @@ def _dz_kernel(
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr,
     HAS_E: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     ROUND: tl.constexpr,  # round bf16 stores by hand (interpreter only, see _cast_for)
+    Z_BF16: tl.constexpr, HAND: tl.constexpr,  # see _logits_tile
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = v_start + tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok, col_ok = rows < N, cols < v_end
     z = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, C, stride_h, stride_w, inv_t,
-                     BLOCK_N, BLOCK_V, BLOCK_C, UPCAST, PRECISION)  # recomputed, (BLOCK_N, BLOCK_V)
+                     BLOCK_N, BLOCK_V, BLOCK_C, UPCAST, PRECISION, Z_BF16, HAND)  # recomputed, (BLOCK_N, BLOCK_V)
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     g = tl.load(g_ptr + rows, mask=row_ok, other=0.0)
     y = tl.load(y_ptr + rows, mask=row_ok, other=-1)
@@ -349,6 +369,11 @@ def _flags(dtype, out=None):
     return flags
 
 
+def _z_flags(weight):
+    """Logits of bf16 inputs are rounded to bf16, as the torch path's and the sampler's matmuls round them."""
+    return dict(Z_BF16=weight.dtype == torch.bfloat16, HAND=interpreting())
+
+
 def _check(hidden, weight, blocks):
     assert hidden.stride(1) == 1 and weight.stride(1) == 1, "rows of hidden and weight must be contiguous"
     assert min(blocks) >= 16, f"tl.dot needs blocks of at least 16 on NVIDIA, got {blocks}"
@@ -368,7 +393,8 @@ def _triton_forward(hidden, weight, targets, inv_t, with_entropy):
     _fwd_kernel[(n_blocks, splits)](
         hidden, weight, targets, part, N, V, C, hidden.stride(0), weight.stride(0),
         part.stride(0), part.stride(1), inv_t, per_split,
-        BLOCK_N=bn, BLOCK_V=bv, BLOCK_C=bc, ENTROPY=with_entropy, **_flags(weight.dtype), **launch)
+        BLOCK_N=bn, BLOCK_V=bv, BLOCK_C=bc, ENTROPY=with_entropy, **_flags(weight.dtype), **_z_flags(weight),
+        **launch)
     m, s, t, z_y = part.unbind(0)  # each (S, N)
     m_all = m.max(0).values
     scale = torch.exp(m - m_all)  # (S, N) weights of each split's sums at the common max
@@ -404,7 +430,8 @@ def _triton_backward(hidden, weight, targets, lse, entropy, g, e, inv_t, need_dh
         _dz_kernel[(triton.cdiv(N, bn), triton.cdiv(width, bv))](
             hidden, weight, targets, lse, entropy, g, g if e is None else e, slab,
             N, C, v0, v0 + width, hidden.stride(0), weight.stride(0), slab.stride(0), inv_t,
-            BLOCK_N=bn, BLOCK_V=bv, BLOCK_C=bc, HAS_E=e is not None, **_flags(weight.dtype, slab), **launch)
+            BLOCK_N=bn, BLOCK_V=bv, BLOCK_C=bc, HAS_E=e is not None, **_flags(weight.dtype, slab),
+            **_z_flags(weight), **launch)
         dz = slab[:, :width]  # (N, Vc)
         if need_dh:
             _matmul(dz, weight[v0:v0 + width], dh, accumulate=True)  # (N, Vc) x (Vc, C)

@@ -10,6 +10,11 @@
 Atomic: everything is written into OUT/.tmp-ckpt-STEP, then renamed to OUT/ckpt-STEP in one step, so a run
 killed in the middle of a save leaves the previous checkpoint intact (and a stale .tmp folder, ignored).
 Weights are saved in the parameters' dtype: the fp32 master weights, so a resumed run continues exactly.
+
+Resume (`resume_run`): the run folder's log may hold lines written after the checkpoint resumed from, and newer
+checkpoints of a branch that died. Those move to OUT/abandoned/ (never deleted), so the log continues as one
+run and the next `--resume latest` cannot pick a dead branch. A resume that changes a setting that alters the
+trajectory says so and keeps the earlier settings as config-until-step-N.json.
 """
 import json
 import random
@@ -20,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nanor1.config import save as save_config
 from nanor1.distributed import Dist, barrier
 
 CKPT = re.compile(r"^ckpt-(\d+)$")
@@ -127,3 +133,72 @@ def load_checkpoint(path, model, optimizer, d: Dist) -> dict:
         raise FileNotFoundError(f"{rng} missing: resume needs the same world size the checkpoint was written with")
     set_rng_state(torch.load(rng, weights_only=False))
     return json.loads((path / "trainer.json").read_text())
+
+
+# ----------------------------------------------------------------------------- resuming a run
+
+# Settings a resume may change without changing what the run computes.
+RESUME_FREE = {"out", "resume", "steps", "threads", "eval_every", "eval_size", "log_samples_every", "save_every",
+               "keep_last", "micro_batch_size"}
+
+
+def resume_run(cfg, out: Path, model, optimizer, d: Dist) -> dict:
+    """Restore the checkpoint `cfg.resume` names into model and optimizer, tidy the run folder for the steps
+    that follow it, and return the trainer state (step, cursor, ...)."""
+    ck = resolve(cfg.resume, out)
+    state = load_checkpoint(ck, model, optimizer, d)
+    if d.is_main:
+        set_aside(out, state["step"])
+        print(f"resumed from {ck} at step {state['step']}")
+        changed = changed_settings(state.get("config", {}), cfg)
+        if changed:
+            print("warning: resumed with changed settings, so this is no longer one uninterrupted run: "
+                  + ", ".join(changed))
+            if (out / "config.json").exists():  # keep what the earlier steps ran with
+                (out / "config.json").rename(free_name(out / f"config-until-step-{state['step']}.json"))
+        save_config(cfg, out / "config.json")
+    return state
+
+
+def changed_settings(saved: dict, cfg) -> list:
+    """'name old -> new' for each setting that differs from the checkpoint's and changes the trajectory."""
+    now = vars(cfg)
+    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(saved)
+            if k in now and k not in RESUME_FREE and saved[k] != now[k]]
+
+
+def set_aside(out, step):
+    """A resume from checkpoint `step` replays what the run wrote after it. Move that to out/abandoned/ instead
+    of deleting it: log lines past the step (and a line torn by a crash) are appended to abandoned/<log>,
+    newer checkpoints move there whole."""
+    aside = Path(out) / "abandoned"
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        log = Path(out) / name
+        if not log.exists():
+            continue
+        keep, drop = [], []
+        for line in log.read_text().splitlines():
+            try:
+                kept = json.loads(line)["step"] <= step
+            except (json.JSONDecodeError, KeyError, TypeError):
+                kept = False
+            (keep if kept else drop).append(line + "\n")
+        if drop:
+            aside.mkdir(exist_ok=True)
+            with open(aside / name, "a") as f:
+                f.writelines(drop)
+        log.write_text("".join(keep))
+    for newer in list_checkpoints(out):
+        if int(CKPT.match(newer.name).group(1)) > step:
+            aside.mkdir(exist_ok=True)
+            newer.rename(free_name(aside / newer.name))
+
+
+def free_name(path):
+    """`path`, or `path.2`, `path.3`, ... : the first that does not exist yet (an earlier resume may have
+    set aside a file of the same name)."""
+    n, target = 1, path
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.{n}")
+    return target

@@ -71,18 +71,21 @@ def exit_worker():
         os._exit(0)
 
 
-def shard(model, d: Dist):
+def shard(model, d: Dist, prec=None, frozen=False):
     """FSDP2: each transformer block is one unit (all-gathered just before it runs, freed after), then the
-    root (embedding, final norm, lm_head). On CUDA, parameters stay fp32 (the master copy the optimiser
-    updates), compute runs in bf16 and gradients are reduced in fp32."""
-    if not d.enabled:
+    root (embedding, final norm, lm_head). Parameters stay fp32 (the master copy the optimiser updates);
+    `prec.fsdp_policy()` gathers them in the compute dtype and reduces gradients in fp32 (nanor1/precision.py).
+    A `frozen` model (the KL reference) has no backward, so its root frees its gathered weights after each
+    forward too. No-op in one process, and for model None."""
+    if not d.enabled or model is None:
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if d.device.type == "cuda" \
-        else MixedPrecisionPolicy()
+    mp = prec.fsdp_policy() if prec is not None else MixedPrecisionPolicy()
     for block in model.model.layers:
         fully_shard(block, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
+    if frozen:
+        model.set_reshard_after_forward(True)
     return model
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from nanor1 import distributed
-from nanor1.rollout import generate
+from nanor1.data import encode_prompts
+from nanor1.rollout import Stop, generate
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -21,37 +22,40 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def encode_prompts(task, tokenizer, rows):
-    return [tokenizer.encode(task.prompt(row, tokenizer)) for row in rows]
-
-
-def evaluate(model, tokenizer, task, rows, verifier, max_new_tokens, num_samples=1, temperature=0.0, top_p=1.0,
+def evaluate(model, tok, task, rows, verifier, prec, max_new_tokens, num_samples=1, temperature=0.0, top_p=1.0,
              top_k=0, batch_size=64, seed=0, d=None):
-    """Sample `num_samples` completions per row (greedy when temperature is 0) and score them. Under several
-    ranks each takes a strided slice of the rows and the counts are summed. Returns
+    """Sample `num_samples` completions per row (greedy when temperature is 0) under precision `prec`, and score
+    them. Under several ranks each takes a strided slice of the rows and the counts are summed. Returns
     (summary dict, per-problem records of this rank)."""
     d = d or distributed.Dist()
+    if not rows:
+        raise ValueError(f"task {task.name!r}: the evaluation split is empty")
     mine = list(range(d.rank, len(rows), d.world_size))
     n = 1 if temperature == 0 else num_samples
+    stop = Stop(eos=tok.eos_token_ids, strings=task.stop, decode=tok.decode)
     records = []
-    with distributed.gathered(model):
+    with distributed.gathered(model), prec.autocast():
         for start in range(0, len(mine), batch_size):
             idx = mine[start:start + batch_size]
             batch = [rows[i] for i in idx]
-            out = generate(model, encode_prompts(task, tokenizer, batch), max_new_tokens, temperature=temperature,
-                           top_p=top_p, top_k=top_k, eos_token_id=sorted(tokenizer.eos_token_ids), n=n,
-                           stop_strings=task.stop, decode=tokenizer.decode, seed=seed + start)
-            texts = [tokenizer.decode(c) for c in out]  # special tokens kept, as the rewards expect
+            out = generate(model, encode_prompts(task, tok, batch), max_new_tokens, temperature, top_k, top_p, n=n,
+                           seed=seed + start, stop=stop)
+            texts = tok.decode_batch(out.tokens)  # special tokens kept, as the rewards expect
             rewards = verifier.score(texts, [r for r in batch for _ in range(n)])
             for j, i in enumerate(idx):
                 rs = rewards[j * n:(j + 1) * n]
                 records.append({"index": i, "completions": texts[j * n:(j + 1) * n], "rewards": rs,
                                 "correct": sum(task.is_correct(r) for r in rs), "n": n})
-    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n} | {n})  # powers of two, and n
+    return summarise(records, n, d), records
+
+
+def summarise(records, n, d):
+    """pass@k for k in the powers of two up to n, and n itself, over all ranks' records."""
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n} | {n})
     sums = torch.tensor([float(len(records))] + [sum(pass_at_k(r["n"], r["correct"], k) for r in records)
                                                  for k in ks], dtype=torch.float64)
     distributed.all_reduce(sums, d)
     total = max(sums[0].item(), 1.0)
     summary = {"problems": int(sums[0].item()), "samples_per_problem": n}
     summary.update({f"pass@{k}": sums[i + 1].item() / total for i, k in enumerate(ks)})
-    return summary, records
+    return summary

@@ -47,7 +47,8 @@ def group_advantages(rewards, group_size: int, scale: bool = True):
 
 def policy_loss(logp, old_logp, advantages, mask, loss_type="grpo", clip_low=0.2, clip_high=0.2,
                 ref_logp=None, beta=0.0, max_len=None, normalizer=None):
-    """logp, old_logp, ref_logp, mask: (B, T); advantages: (B,). Returns (loss, stats)."""
+    """logp, old_logp, ref_logp, mask: (B, T); advantages: (B,) one per sequence, or (B, T) one per token.
+    Returns (loss, stats)."""
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     if beta > 0 and ref_logp is None:
@@ -55,7 +56,7 @@ def policy_loss(logp, old_logp, advantages, mask, loss_type="grpo", clip_low=0.2
     if loss_type == "dr_grpo" and not max_len:
         raise ValueError("loss_type 'dr_grpo' needs max_len (the generation budget)")
     mask = mask.to(logp.dtype)
-    A = advantages[:, None]  # (B, 1): every token of a completion shares its advantage
+    A = advantages[:, None] if advantages.dim() == 1 else advantages  # (B, 1): shared by the tokens, or (B, T)
     ratio = torch.exp(logp - old_logp)  # (B, T)
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
     per_token = -torch.minimum(ratio * A, clipped * A)  # (B, T)

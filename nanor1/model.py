@@ -12,6 +12,10 @@ checkpoint is an identity copy plus checks (nanor1/weights.py).
 Shape legend used in comments: B batch, T time, H query heads, K kv heads, D head dim, C model dim,
 V vocab, S cache length.
 
+Precision (nanor1/precision.py): the weights may be fp32 masters under autocast, FSDP's bf16 copies, or bf16
+for inference; all three compute alike. The residual stream stays fp32, each sublayer runs in the compute
+dtype (autocast's, else the weights'), and the embedding rows and norm weights are rounded to it.
+
 There is exactly one entry point, `forward`, because FSDP2 hooks only `forward`: every caller (training,
 prefill, cached decoding, per-token log-probs) goes through it. What it returns depends on what is asked:
 
@@ -22,13 +26,13 @@ prefill, cached decoding, per-token log-probs) goes through it. What it returns 
     | forward(ids, targets=tgt, temperature) | (logp, entropy), each (B, T) float32, of             |
     |                                        | log_softmax(logits / temperature) at tgt; the (N, V) |
     |                                        | logits are never materialised (kernels/logprob.py)   |
+    | ... positions=(rows, cols)             | the same, computed at those positions only, 0 else   |
     | forward(ids, kv_cache=cache)           | next-token logits (B, V) at each row's last new      |
     |                                        | token; the cache is written and its lengths advanced |
 """
-import math
-from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,26 +40,9 @@ import torch.utils.checkpoint
 
 from kernels.decode_attention import decode_attention
 from kernels.logprob import linear_logprob
-
-
-@dataclass
-class ModelConfig:
-    """Built from a checkpoint's config.json by nanor1.weights.load_config; no field is derived silently."""
-    model_type: str  # "qwen2" (QKV bias) or "qwen3" (QK-norm)
-    vocab_size: int  # V: rows of the embedding (151936 for Qwen2.5; the tokenizer uses fewer)
-    hidden_size: int  # C
-    intermediate_size: int  # MLP width
-    num_hidden_layers: int  # L
-    num_attention_heads: int  # H
-    num_key_value_heads: int  # K (H % K == 0)
-    head_dim: int  # D: explicit in Qwen3, where it need not equal C / H
-    rms_norm_eps: float
-    rope_theta: float
-    max_position_embeddings: int  # the context length the model was trained for
-    tie_word_embeddings: bool  # lm_head shares the embedding matrix
-    attention_bias: bool  # bias on q/k/v projections (Qwen2: True, Qwen3: False)
-    qk_norm: bool  # RMSNorm over each head of q and k before rope (Qwen3)
-    raw: dict = field(default_factory=dict, repr=False)  # the config.json as read, written back on save
+from nanor1 import weights
+from nanor1.config import ModelConfig
+from nanor1.tokenizer import Tokenizer
 
 
 class RMSNorm(nn.Module):
@@ -65,12 +52,13 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        # Normalise in fp32 (a bf16 mean of squares loses digits), cast back, then scale: the order HF uses,
-        # so bf16 results match bit for bit.
-        dtype = x.dtype
+        # Normalise in fp32 (a bf16 mean of squares loses digits), cast to the compute dtype, then scale: the
+        # order HF uses. The weight is rounded to the compute dtype here, as FSDP's bf16 gather rounds it, so
+        # one process under autocast and FSDP multiply the same numbers (nanor1/precision.py).
+        dtype = compute_dtype(self.weight)
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return self.weight.to(dtype) * x.to(dtype)
 
 
 def rope_cos_sin(position_ids, head_dim: int, theta: float, dtype):
@@ -114,22 +102,21 @@ class KVCache:
         self.lengths = self.lengths[rows]
 
     def compact(self, keep):
-        """Keep only batch rows `keep`, in place: each row of `keep` at or past len(keep) moves into a hole
-        left by a dropped row below, then the buffers are narrowed to the first len(keep) rows. No second
-        cache is allocated (select() holds old and new at once) and only as many rows are copied as left
-        the front. Returns the new order (a tensor on the cache's device): row i now holds what row order[i]
-        held."""
-        n, kept = len(keep), set(keep)
-        holes = [i for i in range(n) if i not in kept]
-        movers = [j for j in keep if j >= n]
-        order = list(range(n))
-        for i, j in zip(holes, movers):
-            self.k[:, i].copy_(self.k[:, j])
-            self.v[:, i].copy_(self.v[:, j])
-            order[i] = j
+        """Keep only batch rows `keep` (ascending, a numpy array), in place: each kept row at or past len(keep)
+        moves into a hole left by a dropped row below, then the buffers are narrowed to the first len(keep)
+        rows. No second cache is allocated (select() would hold old and new at once) and only the rows that
+        left the front are copied. Returns the new order (numpy): row i now holds what row order[i] held."""
+        n = len(keep)
+        order = np.arange(n)
+        holes = np.setdiff1d(order, keep, assume_unique=True)  # rows below n that were dropped
+        movers = keep[keep >= n]  # kept rows beyond n, one per hole
+        order[holes] = movers
+        if len(holes):
+            dst, src = (torch.from_numpy(a).to(self.k.device) for a in (holes, movers))
+            self.k[:, dst] = self.k[:, src]
+            self.v[:, dst] = self.v[:, src]
         self.k, self.v = self.k[:, :n], self.v[:, :n]
-        order = torch.tensor(order, device=self.lengths.device)
-        self.lengths = self.lengths[order]
+        self.lengths = self.lengths[torch.from_numpy(order).to(self.lengths.device)]
         return order
 
 
@@ -243,20 +230,19 @@ class Transformer(nn.Module):
     @classmethod
     def from_pretrained(cls, path, dtype=torch.bfloat16, device="cpu"):
         """Load a HF-layout folder (config.json + model.safetensors or a sharded index)."""
-        from nanor1.weights import load_pretrained
-        return load_pretrained(cls, path, dtype=dtype, device=device)
+        return weights.load_pretrained(cls, path, dtype=dtype, device=device)
 
     def save_pretrained(self, path, state_dict=None):
         """Write config.json + model.safetensors that transformers loads. Pass a gathered `state_dict`
         when the parameters are sharded (FSDP)."""
-        from nanor1.weights import save_pretrained
-        save_pretrained(self, path, state_dict=state_dict)
+        weights.save_pretrained(self, path, state_dict=state_dict)
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, kv_cache: Optional[KVCache] = None,
-                return_hidden=False, targets=None, temperature=1.0):
+                return_hidden=False, targets=None, temperature=1.0, positions=None):
         """input_ids (B, T). attention_mask (B, T), 1 for real tokens: any padding side without a cache; with
-        a cache, right padding (row b's new tokens are its first mask[b].sum() ones). See the module
-        docstring for what is returned."""
+        a cache, right padding (row b's new tokens are its first mask[b].sum() ones). positions: with
+        targets, a (rows, cols) pair of (N,) index tensors, the only positions scored (the others read 0).
+        See the module docstring for what is returned."""
         B, T = input_ids.shape
         start = None
         if kv_cache is not None:
@@ -279,8 +265,11 @@ class Transformer(nn.Module):
                 # A padding query with no real key before it would softmax over nothing (NaN): let it see itself.
                 attn_mask = (attn_mask | torch.eye(T, dtype=torch.bool, device=input_ids.device))[:, None]
 
-        x = self.model.embed_tokens(input_ids)  # (B, T, C)
-        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        # The residual stream is fp32 whatever the compute dtype: each block adds its (bf16) output to it. The
+        # embedding rows are rounded to the compute dtype first, as FSDP's bf16 gather would round them.
+        x = self.model.embed_tokens(input_ids)
+        x = x.to(compute_dtype(self.model.embed_tokens.weight)).float()  # (B, T, C) fp32
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, torch.float32)
         for block in self.model.layers:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, attn_mask, use_reentrant=False)
@@ -296,14 +285,38 @@ class Transformer(nn.Module):
         if return_hidden:
             return x
         if targets is not None:
-            # autocast does not reach a custom autograd Function: cast hidden states and the (fp32 master)
-            # weight to the compute dtype here, differentiably, as F.linear under autocast would.
-            dtype = compute_dtype(x)
-            weight = self.lm_head.weight[:self.vocab_limit]  # (V', C): padding rows get no probability
-            logp, entropy = linear_logprob(x.reshape(B * T, -1).to(dtype), weight.to(dtype),
-                                           targets.reshape(B * T), temperature, return_entropy=True,
-                                           impl=self.logprob_impl)
-            # Returned as fresh (B, T) tensors, not views: FSDP2 warns about a root module returning views
-            # (an in-place op on one would drop its pre-backward hook). The copy is B*T floats.
-            return logp.view(B, T).clone(), entropy.view(B, T).clone()
+            return self._logprobs(x, targets, temperature, positions)
         return self.lm_head(x)  # (B, T, V)
+
+    def _logprobs(self, x, targets, temperature, positions):
+        """(logp, entropy) of `targets` under the tempered LM head, each (B, T) fp32, through the fused kernel.
+        With `positions` only those go through the head: RL scores completion tokens, and with 512-token
+        prompts and 128-token completions the prompt positions would be 80% of the head's work. (Index
+        tensors, not a mask: a mask's nonzero() would wait for the GPU at every micro-batch.)"""
+        B, T, C = x.shape
+        # autocast does not reach a custom autograd Function: cast hidden states and the (fp32 master) weight
+        # to the compute dtype here, differentiably, as F.linear under autocast would.
+        dtype = compute_dtype(x)
+        weight = self.lm_head.weight[:self.vocab_limit].to(dtype)  # (V', C): padding rows get no probability
+        if positions is None:
+            logp, entropy = linear_logprob(x.reshape(B * T, C).to(dtype), weight, targets.reshape(B * T),
+                                           temperature, return_entropy=True, impl=self.logprob_impl)
+            # Returned as fresh (B, T) tensors, not views: FSDP2 warns about a root module returning views (an
+            # in-place op on one would drop its pre-backward hook). The copy is B*T floats.
+            return logp.view(B, T).clone(), entropy.view(B, T).clone()
+        h = x[positions].to(dtype)  # (N, C)
+        logp, entropy = linear_logprob(h, weight, targets[positions], temperature, return_entropy=True,
+                                       impl=self.logprob_impl)
+        zeros = torch.zeros(B, T, device=x.device)
+        return zeros.index_put(positions, logp), zeros.index_put(positions, entropy)  # (B, T) each
+
+
+def load_model_and_tokenizer(path, dtype=torch.float32, device="cpu"):
+    """A checkpoint's model and tokenizer, loaded together so the model can never sample an id the tokenizer
+    lacks: a checkpoint's embedding is often padded past the vocabulary (Qwen2.5: 151,936 rows for 151,665
+    tokens), and `vocab_limit` keeps the sampler and the fused log-probs on the real ids."""
+    tok = Tokenizer.from_pretrained(path)
+    model = Transformer.from_pretrained(path, dtype=dtype, device=device)
+    tok.check_model(model.config.vocab_size)
+    model.vocab_limit = tok.vocab_size
+    return model, tok

@@ -1,112 +1,147 @@
 """The rollout engine: batched generation with a static KV cache, by the very model being trained.
 
-    prompts (P ragged lists) --prefill once, right-padded--> cache rows (P)
-        --fan out each row to its G samples--> cache rows (P*G)
-        --decode loop: one token per live row per step, finished rows compacted away--> completions
+    prefill(model, prompts, n, S)    the P distinct prompts once, right-padded, into a cache of S slots per row;
+                                     each prompt's row is then copied to its n samples (a GRPO group)
+    decode_step(model, cache, tok)   one new token per live row: (B,) ids in, (B, V) logits out
+    Stop.finished(...)               which rows just ended: an EOS id, or a stop string in the decoded tail
+    generate(...)                    the loop: sample, record, drop finished rows from the cache, repeat
 
-Why the trainer's own model: no weight copy to an inference engine and no numerics mismatch between the
-sampler's log-probs and the trainer's (the `logprob_mismatch` metric shows it is ~0 here).
+Why the trainer's own model: no weight copy to an inference engine, and the sampler and the trainer score the
+same distribution (the `logprob_mismatch` metric; kernels/logprob.py rounds its logits as this head does).
 
 Randomness is drawn per (seed, sequence, position): the sampler's noise for token t of sequence s is keyed
 by s * max_new_tokens + t, so batch composition and compaction never change what a sequence samples.
 Greedy decoding (temperature 0) does not depend on how prompts are batched.
+
+Host work per step: one copy of the B new ids to the host (a GPU's only sync), array writes, and a decode of
+the tail only for rows whose new token may complete a stop string. Tokens and log-probs stay in device
+buffers until the end.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
-from kernels.sampling import sample
+from kernels.sampling import logprobs_of, sample
 from nanor1.model import KVCache, compute_dtype
 
 
 @dataclass
 class Rollouts:
     tokens: list  # per completion: ids without the prompt, ending with the EOS / stop ids when one was hit
-    logprobs: list = field(default_factory=list)  # per completion: log p of each sampled token (tempered, untruncated)
-    truncated: list = field(default_factory=list)  # per completion: stopped by max_new_tokens, not EOS / stop
+    logprobs: list  # per completion: log p of each sampled token (tempered, untruncated), floats
+    truncated: list  # per completion: stopped by max_new_tokens, not by EOS / a stop string
 
 
-@torch.no_grad()
-def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, eos_token_id=None, n=1,
-             stop=None, seed=0, details=False, stream: Optional[Callable[[int, int], None]] = None,
-             stop_strings=None, decode=None):
-    """Sample `n` completions for each prompt (a GRPO group), prompt-major: completion i*n + j is sample j of
-    prompt i. Returns list[list[int]], or a `Rollouts` with log-probs and truncation flags if `details`.
-    temperature 0 is greedy; top_k=0 and top_p=1 are off. `stream(seq, token)` sees each token as it comes.
-    `stop` holds token-id sequences; `stop_strings` text matched on the decoded tail (`decode` = the
-    tokenizer's), needed because BPE spells "</answer>" differently after " " or "." than alone.
-    Ids at or past `model.vocab_limit` (the tokenizer's vocab_size, when set) are never sampled: a
-    checkpoint's embedding is often padded past the vocabulary (Qwen2.5: 151,936 rows for 151,665 tokens)
-    and those ids decode to nothing. The sampler's log-probs normalise over the same ids as the trainer's."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    longest = max(len(p) for p in prompts)
-    context = model.config.max_position_embeddings
-    if longest + max_new_tokens > context:
-        raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
-                         f"context of {context} tokens")
-    V = model.config.vocab_size
-    vocab = model.vocab_limit
-    if vocab is not None and not 0 < vocab <= V:
-        raise ValueError(f"model.vocab_limit must lie in [1, {V}] (the model's vocabulary), got {vocab}")
-    eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
-    stop = [list(s) for s in (stop or []) if len(s)]
-    stop_strings = [s for s in (stop_strings or []) if s]
-    if stop_strings and decode is None:
-        raise ValueError("stop_strings needs decode (the tokenizer's decode function)")
-    # A stop string of b bytes lies within the last b + 1 tokens (each token decodes to >= 1 byte).
-    window = max((len(s.encode()) + 1 for s in stop_strings), default=0)
+class Stop:
+    """When a completion ends: on any of the `eos` ids, or once its decoded text contains one of `strings`
+    (kept in the completion). Stop strings are matched on decoded text, not on ids, because BPE spells
+    "</answer>" differently after a space or a dot than alone. `decode` is the tokenizer's decode."""
+
+    def __init__(self, eos=(), strings=(), decode: Optional[Callable] = None):
+        self.eos = np.array(sorted({eos} if isinstance(eos, int) else set(eos or ())), dtype=np.int64)
+        self.strings = [s for s in (strings or ()) if s]
+        if self.strings and decode is None:
+            raise ValueError("stop strings need decode (the tokenizer's decode function)")
+        self.decode = decode
+        # A stop string of b bytes lies within the last b + 1 tokens (each token decodes to >= 1 byte).
+        self.window = max((len(s.encode()) + 1 for s in self.strings), default=0)
+        self._last_chars = {s[-1] for s in self.strings}
+        self._may_end = {}  # token id -> may this token complete a stop string (memo of one decode per id)
+
+    def finished(self, out, seqs, t):
+        """out: host (N, max_new) ids; seqs: (B,) the live sequences; t: the column just written.
+        Returns (B,) bool: which of them ended at token t."""
+        new = out[seqs, t]
+        done = np.isin(new, self.eos)
+        for r in np.flatnonzero(~done) if self.strings else ():
+            if self._may_complete(int(new[r])):
+                tail = out[seqs[r], max(0, t + 1 - self.window):t + 1].tolist()
+                done[r] = any(s in self.decode(tail) for s in self.strings)
+        return done
+
+    def _may_complete(self, token):
+        """A token that completes a stop string holds the string's last character (or part of it: a
+        multi-byte character split over tokens decodes to U+FFFD alone), so other tokens need no decode."""
+        if token not in self._may_end:
+            text = self.decode([token])
+            self._may_end[token] = "\ufffd" in text or any(c in text for c in self._last_chars)
+        return self._may_end[token]
+
+
+def prefill(model, prompts, n, max_len):
+    """Run the P prompts (ragged id lists) once, right-padded, so a row's tokens sit at cache slots [0, len);
+    then copy each prompt's row to its n samples. Returns (cache with P*n rows, logits (P*n, V))."""
+    P, longest = len(prompts), max(len(p) for p in prompts)
     device = model.model.embed_tokens.weight.device
-    P = len(prompts)
-
-    # Prefill: the P distinct prompts once, right-padded, so a row's tokens sit at cache slots [0, len).
     ids = torch.zeros(P, longest, dtype=torch.long)
     mask = torch.zeros(P, longest, dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, :len(p)] = torch.tensor(p)
         mask[i, :len(p)] = 1
     dtype = compute_dtype(model.model.embed_tokens.weight)  # the activations' dtype (autocast's, if on)
-    cache = KVCache(model.config, P, longest + max_new_tokens, dtype, device)
-    logits = model(ids.to(device), attention_mask=mask.to(device), kv_cache=cache)[:, :vocab]  # (P, V)
-
-    # Fan out: each prompt's cache row is copied to its n samples.
-    rows = torch.arange(P, device=device).repeat_interleave(n)
+    cache = KVCache(model.config, P, max_len, dtype, device)
+    logits = model(ids.to(device), attention_mask=mask.to(device), kv_cache=cache)[:, :model.vocab_limit]
+    rows = torch.arange(P, device=device).repeat_interleave(n)  # prompt-major: row i*n + j is sample j of i
     cache.select(rows)
-    logits = logits[rows]  # (P*n, V)
-    live = torch.arange(P * n, device=device)  # which sequence each cache row holds
-    out = [[] for _ in range(P * n)]
-    logps = [[] for _ in range(P * n)]
-    truncated = [False] * (P * n)
+    return cache, logits[rows]  # (P*n, V)
 
+
+def decode_step(model, cache, tokens):
+    """Feed one token per cache row, (B,) -> next-token logits (B, V) (a view: the sampler takes strides)."""
+    return model(tokens[:, None], kv_cache=cache)[:, :model.vocab_limit]
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, n=1, seed=0,
+             stop: Optional[Stop] = None, stream: Optional[Callable[[int, int], None]] = None) -> Rollouts:
+    """Sample `n` completions for each prompt, prompt-major: completion i*n + j is sample j of prompt i.
+    temperature 0 is greedy; top_k=0 and top_p=1 are off. `stream(seq, token)` sees each token as it comes.
+    Ids at or past `model.vocab_limit` (set by load_model_and_tokenizer) are never sampled."""
+    _check(model, prompts, max_new_tokens)
+    stop = stop or Stop()
+    N = len(prompts) * n
+    cache, logits = prefill(model, prompts, n, max(len(p) for p in prompts) + max_new_tokens)
+    device = logits.device
+    out = np.zeros((N, max_new_tokens), dtype=np.int64)  # host copy of the ids, for stop checks and the result
+    logps = torch.zeros(N, max_new_tokens, device=device)  # (N, max_new) sampler log-probs
+    length = np.full(N, max_new_tokens)  # tokens per completion; max_new_tokens = truncated unless ended there
+    ended = np.zeros(N, dtype=bool)
+    live = np.arange(N)  # which sequence each cache row holds
     for t in range(max_new_tokens):
-        offsets = live * max_new_tokens + t  # (B,) random-stream key per (sequence, position)
-        tok = sample(logits, temperature, top_k=top_k, top_p=top_p, seed=seed, offsets=offsets)  # (B,)
-        if details:  # the sampler's log-prob under the tempered, untruncated distribution
-            lp = torch.log_softmax(logits.float() / (temperature or 1.0), -1).gather(-1, tok[:, None])[:, 0]
-            lp = lp.tolist()
-        keep = []
-        for r, (s, x) in enumerate(zip(live.tolist(), tok.tolist())):
-            out[s].append(x)
-            if details:
-                logps[s].append(lp[r])
-            if stream is not None:
-                stream(s, x)
-            ended = (x in eos or any(out[s][-len(q):] == q for q in stop)
-                     or (window and any(q in decode(out[s][-window:]) for q in stop_strings)))
-            if not ended and t == max_new_tokens - 1:
-                truncated[s] = True
-            if not ended:
-                keep.append(r)
-        if t == max_new_tokens - 1 or not keep:
+        live_t = torch.from_numpy(live).to(device)
+        tok = sample(logits, temperature, top_k=top_k, top_p=top_p, seed=seed,
+                     offsets=live_t * max_new_tokens + t)  # (B,) noise keyed by (sequence, position)
+        logps[live_t, t] = logprobs_of(logits, tok, temperature)  # tempered, untruncated
+        out[live, t] = tok.cpu().numpy()  # the step's one host sync
+        if stream is not None:
+            for s in live:
+                stream(int(s), int(out[s, t]))
+        done = stop.finished(out, live, t)
+        ended[live[done]], length[live[done]] = True, t + 1
+        if t == max_new_tokens - 1 or done.all():
             break
-        if len(keep) < len(live):  # compact: finished sequences stop costing compute
-            keep_t = cache.compact(keep)  # (B',) the rows' new order
-            live, tok = live[keep_t], tok[keep_t]
-        logits = model(tok[:, None], kv_cache=cache)[:, :vocab]  # (B, V), a view: the sampler takes strides
+        if done.any():  # compact: finished sequences stop costing compute
+            keep = np.flatnonzero(~done)
+            order = cache.compact(keep)  # (B',) row i now holds what row order[i] held
+            live, tok = live[order], tok[torch.from_numpy(order).to(device)]
+        logits = decode_step(model, cache, tok)
+    logps = logps.cpu()
+    return Rollouts(tokens=[out[s, :length[s]].tolist() for s in range(N)],
+                    logprobs=[logps[s, :length[s]].tolist() for s in range(N)],
+                    truncated=[not e for e in ended])
 
-    if details:
-        return Rollouts(tokens=out, logprobs=logps, truncated=truncated)
-    return out
+
+def _check(model, prompts, max_new_tokens):
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    longest, context = max(len(p) for p in prompts), model.config.max_position_embeddings
+    if longest + max_new_tokens > context:
+        raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
+                         f"context of {context} tokens")
+    V, vocab = model.config.vocab_size, model.vocab_limit
+    if vocab is not None and not 0 < vocab <= V:
+        raise ValueError(f"model.vocab_limit must lie in [1, {V}] (the model's vocabulary), got {vocab}")

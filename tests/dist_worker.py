@@ -13,11 +13,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-import train  # noqa: E402
 from nanor1 import distributed  # noqa: E402
+from nanor1 import step as rl  # noqa: E402
 from nanor1.checkpoint import full_state_dict, save_checkpoint  # noqa: E402
 from nanor1.config import TrainConfig  # noqa: E402
 from nanor1.model import Transformer  # noqa: E402
+from nanor1.precision import choose  # noqa: E402
 from nanor1.rollout import generate  # noqa: E402
 
 
@@ -30,9 +31,9 @@ def fixed_groups(P=4, G=4, V=97, seed=0):
         group = []
         for _ in range(G):
             c = int(torch.randint(1, 7, (1,), generator=g))
-            group.append(dict(prompt=prompt, completion=torch.randint(0, V, (c,), generator=g).tolist(),
-                              sampler_logp=[0.0] * c, truncated=False,
-                              reward=float(torch.rand(1, generator=g) > 0.5)))
+            group.append(rl.Sample(prompt=prompt, completion=torch.randint(0, V, (c,), generator=g).tolist(),
+                                   sampler_logp=[0.0] * c, truncated=False,
+                                   reward=float(torch.rand(1, generator=g) > 0.5), text=""))
         groups.append(group)
     return groups
 
@@ -48,6 +49,15 @@ def step_cfg(loss_type, grad_clip=0.0):
                        loss_type=loss_type, max_completion_len=6, mu=2, mini_batch_size=8, lr=0.5)
 
 
+def train_step(cfg, model, opt, groups, d, rows=()):
+    """score + update on fixed groups, as train.py's loop runs them."""
+    run = rl.Run(cfg=cfg, d=d, prec=choose(d.device, "fp32"), tok=None, task=None, rows=list(rows), prompts=[],
+                 stream=None, verifier=None, stop=None)
+    batch, sums = rl.score(run, groups, model, None)
+    rl.update(run, batch, [rl.PolicyLearner(model, opt, run)], 0, lambda s: cfg.lr, sums)
+    return sums.reduce(d)
+
+
 def one_step(model, d, variant):
     """Each rank trains on its own whole groups; returns the full parameters after one SGD step per mini-batch.
     variant: a key of STEP_VARIANTS."""
@@ -56,7 +66,7 @@ def one_step(model, d, variant):
     per_rank = len(groups) // d.world_size
     mine = groups[d.rank * per_rank:(d.rank + 1) * per_rank]
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    train.train_step(step_cfg(loss_type, grad_clip), model, None, opt, mine, 0, d)
+    train_step(step_cfg(loss_type, grad_clip), model, opt, mine, d)
     return {k: v.clone() for k, v in full_state_dict(model, d).items()}
 
 
@@ -78,7 +88,7 @@ def recorded_grad_norms():
         log.append((full.item(), local.item()))
         return total
 
-    torch.nn.utils.clip_grad_norm_ = recording  # train.train_step looks it up at call time
+    torch.nn.utils.clip_grad_norm_ = recording  # nanor1.step looks it up at call time
     try:
         yield log
     finally:
@@ -110,33 +120,35 @@ def main():
         prompts = [[1, 2, 3], [4, 5]] if d.rank == 0 else [[7, 8, 9, 10]]
         with distributed.gathered(model):
             res = generate(model, prompts, max_new_tokens=3 if d.rank == 0 else 25, temperature=1.0, n=2,
-                           seed=d.rank)
+                           seed=d.rank).tokens
         lengths = torch.tensor([float(sum(len(c) for c in res))])
         distributed.all_reduce(lengths, d)  # both ranks got here: no hang
         if d.is_main:
             with open(os.path.join(out, "rollout.txt"), "w") as f:
                 f.write(f"{int(lengths.item())}\n")
         # The sharded model trains normally after the rollout phase (resharded, hooks restored).
-        train.train_step(step_cfg("grpo"), model, None, torch.optim.SGD(model.parameters(), lr=0.1),
-                         fixed_groups(P=2)[d.rank:d.rank + 1], 0, d)
+        train_step(step_cfg("grpo"), model, torch.optim.SGD(model.parameters(), lr=0.1),
+                   fixed_groups(P=2)[d.rank:d.rank + 1], d)
     elif mode == "deal":
         G = 4
 
-        def fake_round(cfg, model, tok, task, rows, prompts, verifier, seed, d):  # rank 1's groups are all flat
-            return [dict(rank=d.rank, row=r, reward=float(d.rank == 0 and j % 2)) for r in rows for j in range(G)]
-        train.rollout_round = fake_round
-        train.encode_prompts = lambda task, tok, rows: [[1, 2, 3]] * len(rows)
+        def fake_groups(run, policy, row_ids, seed):  # rank 1's groups are all flat
+            return [[rl.Sample(prompt=[1, 2, 3], completion=[d.rank, r], sampler_logp=[0.0, 0.0], truncated=False,
+                               reward=float(d.rank == 0 and j % 2), text="") for j in range(G)] for r in row_ids]
+        rl.rollout_groups = fake_groups
         cfg = TrainConfig(prompts_per_step=8, group_size=G, dynamic_sampling=True, max_refill_rounds=0)
-        kept, generated, cursor, _ = train.collect(cfg, model, None, None, list(range(100)), lambda i: i, 0, None,
-                                                   1, d)
+        run = rl.Run(cfg=cfg, d=d, prec=None, tok=None, task=None, rows=list(range(100)), prompts=[], stream=range(100),
+                     verifier=None, stop=None)
+        kept, generated, cursor = rl.collect(run, model, 1, 0)
         with open(os.path.join(out, f"deal-{d.rank}.txt"), "w") as f:
-            f.write(" ".join(f"{g[0]['rank']}:{g[0]['row']}" for g in kept) + f" | {len(generated)} {cursor}\n")
+            f.write(" ".join(f"{g[0].completion[0]}:{g[0].completion[1]}" for g in kept) +
+                    f" | {len(generated)} {cursor}\n")
     elif mode == "ckpt":
         class Tok:  # the checkpoint copies tokenizer files; this model folder has none
             def save_pretrained(self, path):
                 pass
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        train.train_step(step_cfg("dapo"), model, None, opt, fixed_groups()[d.rank * 2:(d.rank + 1) * 2], 0, d)
+        train_step(step_cfg("dapo"), model, opt, fixed_groups()[d.rank * 2:(d.rank + 1) * 2], d)
         path = save_checkpoint(out, 1, model, opt, {"step": 1}, Tok(), d)
         ids = torch.tensor([[5, 6, 7, 8, 9]])
         with torch.no_grad():

@@ -127,6 +127,27 @@ def test_model_call_pattern_and_dtypes():
         assert (dwide[..., C:] == 0).all() and (dwide[..., :C] != 0).any()
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_bf16_logits_are_rounded_as_the_sampler_rounds_them(impl):
+    """The rollout samples from the LM head's bf16 logits (F.linear in bf16), and scores its tokens with
+    logprobs_of. The trainer's log-probs of the same tokens must score that distribution: both paths round each
+    logit to bf16 before the softmax. Unrounded fp32 logits of std 8 would differ by ~2e-2 nats (issue 17)."""
+    from kernels.sampling import logprobs_of
+    N, V, C, T = 96, 1000, 64, 0.7
+    h = torch.randn(N, C, device=DEV).bfloat16()
+    w = torch.randn(V, C, device=DEV).bfloat16()
+    w = (w.float() * (8.0 / (h.float() @ w.float().T).std())).bfloat16()  # logits of std 8
+    y = torch.randint(0, V, (N,), device=DEV)
+    sampler = logprobs_of(torch.nn.functional.linear(h, w), y, T)  # what generate() records
+    unrounded = torch.log_softmax((h.float() @ w.float().T) / T, -1).gather(1, y[:, None])[:, 0]
+    ours = linear_logprob(h, w, y, T, impl=impl)
+    far, near = (unrounded - sampler).abs(), (ours - sampler).abs()
+    print(f"{impl}: |ours - sampler| mean {near.mean():.1e} max {near.max():.1e}; "
+          f"unrounded mean {far.mean():.1e} max {far.max():.1e}")
+    assert far.mean() > 5e-3  # the effect exists at this logit scale
+    assert near.mean() < far.mean() / 20 and near.max() < 0.03  # and rounding like the sampler removes it
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(hidden=torch.randn(4, 8, 2)), "need hidden"),
     (dict(weight=torch.randn(10, 9)), "need hidden"),
@@ -159,11 +180,11 @@ for dt, prec, bc in [("bf16", "tf32", 64), ("fp32", "ieee", 32)]:  # the GPU til
     build(_fwd_kernel, dict(h_ptr=f"*{dt}", w_ptr=f"*{dt}", y_ptr="*i64", part_ptr="*fp32", N="i32", V="i32",
                             C="i32", stride_h="i32", stride_w="i32", stride_pk="i32", stride_ps="i32",
                             inv_t="fp32", tiles_per_split="i32"),
-          dict(tiles, ENTROPY=True, UPCAST=False, PRECISION=prec))
+          dict(tiles, ENTROPY=True, UPCAST=False, PRECISION=prec, Z_BF16=dt == "bf16", HAND=False))
     build(_dz_kernel, dict(h_ptr=f"*{dt}", w_ptr=f"*{dt}", y_ptr="*i64", lse_ptr="*fp32", ent_ptr="*fp32",
                            g_ptr="*fp32", e_ptr="*fp32", dz_ptr=f"*{dt}", N="i32", C="i32", v_start="i32",
                            v_end="i32", stride_h="i32", stride_w="i32", stride_dz="i32", inv_t="fp32"),
-          dict(tiles, HAS_E=True, UPCAST=False, PRECISION=prec, ROUND=False))
+          dict(tiles, HAS_E=True, UPCAST=False, PRECISION=prec, ROUND=False, Z_BF16=dt == "bf16", HAND=False))
     for c_dt, acc in [("fp32", True), (dt, False)]:  # dh += dz @ W (fp32), dW = dz^T @ h (weight dtype)
         build(_matmul_kernel, dict(a_ptr=f"*{dt}", b_ptr=f"*{dt}", c_ptr=f"*{c_dt}", M="i32", P="i32", K="i32",
                                    stride_am="i32", stride_ak="i32", stride_bk="i32", stride_bp="i32",

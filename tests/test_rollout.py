@@ -2,11 +2,12 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from nanor1.model import KVCache, Transformer
-from nanor1.rollout import generate
+from nanor1.rollout import Stop, generate
 from tests.tiny import hf_tiny
 
 V = 97
@@ -30,7 +31,7 @@ def greedy_no_cache(model, prompt, steps):
 def test_greedy_cache_equals_full_forward_and_transformers(tiny):
     model, hf = tiny
     prompt = torch.randint(0, V, (7,)).tolist()
-    ours = generate(model, [prompt], max_new_tokens=20, temperature=0)[0]
+    ours = generate(model, [prompt], max_new_tokens=20, temperature=0).tokens[0]
     assert ours == greedy_no_cache(model, prompt, 20)
     ref = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, eos_token_id=None,
                       pad_token_id=0)[0, len(prompt):].tolist()
@@ -40,20 +41,25 @@ def test_greedy_cache_equals_full_forward_and_transformers(tiny):
 def test_ragged_batch_equals_one_at_a_time(tiny):
     model, _ = tiny
     prompts = [torch.randint(0, V, (n,)).tolist() for n in (3, 11, 1, 6)]
-    batched = generate(model, prompts, max_new_tokens=12, temperature=0)
-    alone = [generate(model, [p], max_new_tokens=12, temperature=0)[0] for p in prompts]
+    batched = generate(model, prompts, max_new_tokens=12, temperature=0).tokens
+    alone = [generate(model, [p], max_new_tokens=12, temperature=0).tokens[0] for p in prompts]
     assert batched == alone
 
 
 def test_sampling_independent_of_batch_composition(tiny):
     model, _ = tiny
     prompts = [torch.randint(0, V, (n,)).tolist() for n in (4, 9)]
-    both = generate(model, prompts, max_new_tokens=10, temperature=1.0, n=3, seed=5)
-    first = generate(model, prompts[:1], max_new_tokens=10, temperature=1.0, n=3, seed=5)
+    both = generate(model, prompts, max_new_tokens=10, temperature=1.0, n=3, seed=5).tokens
+    first = generate(model, prompts[:1], max_new_tokens=10, temperature=1.0, n=3, seed=5).tokens
     # Sequence ids are positions in the output, so the first prompt's samples keep their keys.
     assert both[:3] == first
-    assert generate(model, prompts, max_new_tokens=10, temperature=1.0, n=3, seed=5) == both  # same seed
-    assert generate(model, prompts, max_new_tokens=10, temperature=1.0, n=3, seed=6) != both
+    assert generate(model, prompts, max_new_tokens=10, temperature=1.0, n=3, seed=5).tokens == both  # same seed
+    assert generate(model, prompts, max_new_tokens=10, temperature=1.0, n=3, seed=6).tokens != both
+
+
+def bracketed(ids):
+    """A decode for tests: every id in brackets, so a stop string "<4><7>" matches exactly that id pair."""
+    return "".join(f"<{x}>" for x in ids)
 
 
 def expected_ending(tokens, eos, stop):
@@ -67,9 +73,10 @@ def expected_ending(tokens, eos, stop):
 def test_eos_and_stop_end_only_their_sequence(tiny):
     model, _ = tiny
     prompts = [torch.randint(0, V, (5,)).tolist() for _ in range(4)]
-    free = generate(model, prompts, max_new_tokens=15, temperature=0)
+    free = generate(model, prompts, max_new_tokens=15, temperature=0).tokens
     eos, stop = [free[0][4]], [free[1][6:8]]  # something row 0 and row 1 emit mid-way
-    res = generate(model, prompts, max_new_tokens=15, temperature=0, eos_token_id=eos, stop=stop, details=True)
+    res = generate(model, prompts, max_new_tokens=15, temperature=0,
+                   stop=Stop(eos=eos, strings=[bracketed(q) for q in stop], decode=bracketed))
     ended = 0
     for i in range(4):
         want, trunc = expected_ending(free[i], eos, stop)
@@ -82,7 +89,7 @@ def test_eos_and_stop_end_only_their_sequence(tiny):
 def test_logprobs_are_tempered_untruncated(tiny):
     model, _ = tiny
     prompt = torch.randint(0, V, (6,)).tolist()
-    res = generate(model, [prompt], max_new_tokens=6, temperature=0.7, top_k=5, seed=1, details=True)
+    res = generate(model, [prompt], max_new_tokens=6, temperature=0.7, top_k=5, seed=1)
     seq = prompt + res.tokens[0]
     with torch.no_grad():
         logits = model(torch.tensor([seq]))[0, len(prompt) - 1:-1]
@@ -105,7 +112,7 @@ def test_first_token_distribution(tiny, top_k, top_p):
     prompt = torch.randint(0, V, (5,)).tolist()
     T, n = 1.5, 4000
     draws = [c[0] for c in generate(model, [prompt], max_new_tokens=1, temperature=T, top_k=top_k,
-                                    top_p=top_p, n=n, seed=3)]
+                                    top_p=top_p, n=n, seed=3).tokens]
     with torch.no_grad():
         p = torch.softmax(model(torch.tensor([prompt]))[0, -1].double() / T, -1)
     keep = torch.ones_like(p, dtype=torch.bool)
@@ -126,9 +133,9 @@ def test_first_token_distribution(tiny, top_k, top_p):
 def test_nan_in_unused_cache_slots_changes_nothing(tiny, monkeypatch):
     model, _ = tiny
     prompts = [torch.randint(0, V, (n,)).tolist() for n in (2, 9, 5)]
-    clean = generate(model, prompts, max_new_tokens=10, temperature=0.8, n=2, seed=4)
-    eos = list(range(0, V, 7))  # rows end at different steps: compaction moves rows over the garbage too
-    clean_eos = generate(model, prompts, max_new_tokens=10, temperature=0.8, n=4, seed=5, eos_token_id=eos)
+    clean = generate(model, prompts, max_new_tokens=10, temperature=0.8, n=2, seed=4).tokens
+    eos = Stop(eos=range(0, V, 7))  # rows end at different steps: compaction moves rows over the garbage too
+    clean_eos = generate(model, prompts, max_new_tokens=10, temperature=0.8, n=4, seed=5, stop=eos).tokens
     assert len({len(c) for c in clean_eos}) > 2
     init = KVCache.__init__
 
@@ -138,8 +145,8 @@ def test_nan_in_unused_cache_slots_changes_nothing(tiny, monkeypatch):
         self.v.fill_(float("nan"))
 
     monkeypatch.setattr(KVCache, "__init__", poisoned)
-    assert generate(model, prompts, max_new_tokens=10, temperature=0.8, n=2, seed=4) == clean
-    assert generate(model, prompts, max_new_tokens=10, temperature=0.8, n=4, seed=5, eos_token_id=eos) == clean_eos
+    assert generate(model, prompts, max_new_tokens=10, temperature=0.8, n=2, seed=4).tokens == clean
+    assert generate(model, prompts, max_new_tokens=10, temperature=0.8, n=4, seed=5, stop=eos).tokens == clean_eos
 
 
 def test_cache_compaction_in_place_equals_select(tiny):
@@ -153,7 +160,7 @@ def test_cache_compaction_in_place_equals_select(tiny):
     b.k, b.v, b.lengths = a.k.clone(), a.v.clone(), a.lengths.clone()
     storage = a.k.untyped_storage().data_ptr()
     for keep in ([0, 2, 3, 5], [1, 3], [0]):  # finished rows leave, step after step
-        order = a.compact(keep).tolist()
+        order = a.compact(np.array(keep)).tolist()
         assert sorted(order) == sorted(keep)
         if keep == [0, 2, 3, 5]:
             assert order == [0, 5, 2, 3]  # one copy: row 5 fills the hole of row 1
@@ -181,10 +188,10 @@ def test_ids_past_the_tokenizer_vocabulary_are_never_sampled(tiny, temperature):
     padded = Padded(model.config).eval()
     padded.load_state_dict(model.state_dict())
     prompts = [[1, 2, 3], [4, 5, 6, 7]]
-    free = generate(padded, prompts, max_new_tokens=8, temperature=temperature, n=4, seed=1)
+    free = generate(padded, prompts, max_new_tokens=8, temperature=temperature, n=4, seed=1).tokens
     assert sum(t >= 90 for c in free for t in c) > len(free) * 8 // 2  # without the limit they win
     padded.vocab_limit = 90
-    res = generate(padded, prompts, max_new_tokens=8, temperature=temperature, n=4, seed=1, details=True)
+    res = generate(padded, prompts, max_new_tokens=8, temperature=temperature, n=4, seed=1)
     assert all(0 <= t < 90 for c in res.tokens for t in c)
     assert all(math.isfinite(x) and x <= 0 for lp in res.logprobs for x in lp)
     padded.vocab_limit = V + 1
@@ -199,7 +206,7 @@ def test_sampler_and_trainer_logprobs_agree_with_a_vocab_limit(tiny):
     prompt = [5, 6, 7]
     model.vocab_limit = 90
     try:
-        res = generate(model, [prompt], max_new_tokens=10, temperature=0.7, n=3, seed=2, details=True)
+        res = generate(model, [prompt], max_new_tokens=10, temperature=0.7, n=3, seed=2)
         for comp, lps in zip(res.tokens, res.logprobs):
             assert max(comp) < 90
             seq = torch.tensor([prompt + comp])
@@ -233,7 +240,7 @@ def test_rollout_through_the_triton_kernels_matches_torch(tiny, monkeypatch):
     import kernels.sampling as sm
     model, _ = tiny
     prompts = [torch.randint(0, V, (n,)).tolist() for n in (3, 8)]
-    ref = generate(model, prompts, max_new_tokens=6, temperature=0, n=2)
+    ref = generate(model, prompts, max_new_tokens=6, temperature=0, n=2).tokens
     calls = {"attention": 0, "sampling": 0}
 
     def counted(name, fn):
@@ -244,7 +251,7 @@ def test_rollout_through_the_triton_kernels_matches_torch(tiny, monkeypatch):
     monkeypatch.setattr(da, "decode_attention_triton", counted("attention", da.decode_attention_triton))
     monkeypatch.setattr(sm, "sample_triton", counted("sampling", sm.sample_triton))
     monkeypatch.setenv("NANOR1_TRITON", "1")
-    assert generate(model, prompts, max_new_tokens=6, temperature=0, n=2) == ref
+    assert generate(model, prompts, max_new_tokens=6, temperature=0, n=2).tokens == ref
     assert calls["attention"] >= 5 * model.config.num_hidden_layers and calls["sampling"] >= 6  # the kernels ran
 
 
@@ -256,12 +263,13 @@ def test_stop_strings_match_decoded_text():
     tiny = Path(__file__).resolve().parents[1] / "data" / "tiny"
     model, tok = Transformer.from_pretrained(tiny, dtype=torch.float32), Tokenizer.from_pretrained(tiny)
     prompt = tok.encode("User: What is 12+34? Think, then answer in <answer> </answer>.\nAssistant: <think>")
-    free = tok.decode(generate(model, [prompt], 48, temperature=0)[0])
+    free = tok.decode(generate(model, [prompt], 48, temperature=0).tokens[0])
     for stop in ("</answer>", "=", ", "):
         assert stop in free
-        res = generate(model, [prompt], 48, temperature=0, stop_strings=[stop], decode=tok.decode, details=True)
+        res = generate(model, [prompt], 48, temperature=0, stop=Stop(strings=[stop], decode=tok.decode))
         text = tok.decode(res.tokens[0])
         assert stop in text and free.startswith(text) and not res.truncated[0]
         assert stop not in tok.decode(res.tokens[0][:-1])  # it stopped at the first token completing it
-    with pytest.raises(ValueError, match="needs decode"):
-        generate(model, [prompt], 4, stop_strings=["x"])
+    with pytest.raises(ValueError, match="need decode"):
+        Stop(strings=["x"])
+

@@ -1,4 +1,4 @@
-"""The tiny base model (data/tiny) and its task (nanor1/arithmetic.py): the shipped files, the build script at
+"""The tiny base model (data/tiny) and its task (nanor1/tasks/arithmetic.py): the shipped files, the build script at
 toy size, the held-out split and the reward."""
 import hashlib
 import json
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanor1 import arithmetic
+from nanor1.tasks import arithmetic
 from nanor1.model import Transformer
-from nanor1.rollout import generate
+from nanor1.rollout import Stop, generate
 from nanor1.tasks import get_task
 from nanor1.tokenizer import Tokenizer
 
@@ -38,9 +38,9 @@ def test_shipped_files_load_and_match_the_readme(shipped):
     rows = task.eval_rows()
     prompts = [tok.encode(task.prompt(r, tok)) for r in rows]
     torch.set_num_threads(1)
-    out = generate(model, prompts, 64, temperature=0, eos_token_id=tok.eos_token_ids,
-                   stop=[tok.encode(s) for s in task.stop])
-    texts = tok.decode_batch(out)
+    out = generate(model, prompts, 64, temperature=0,
+                   stop=Stop(eos=tok.eos_token_ids, strings=task.stop, decode=tok.decode))
+    texts = tok.decode_batch(out.tokens)
     rewards = [task.reward(t, r) for t, r in zip(texts, rows)]
     acc = sum(map(task.is_correct, rewards)) / len(rows)
     readme = (TINY / "README.md").read_text()

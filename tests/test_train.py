@@ -6,9 +6,13 @@ import pytest
 import torch
 
 import train
+from nanor1 import step as rl
 from nanor1.config import TrainConfig, parse_args
+from nanor1.data import PromptStream, deal
 from nanor1.distributed import Dist
 from nanor1.model import Transformer
+from nanor1.precision import choose
+from nanor1.rollout import Stop
 from tests.tiny import hf_tiny
 
 
@@ -20,8 +24,14 @@ class IntTokenizer:
     def encode(self, text):
         return [int(x) for x in text.split()]
 
+    def encode_batch(self, texts):
+        return [self.encode(t) for t in texts]
+
     def decode(self, ids):
         return " ".join(map(str, ids))
+
+    def decode_batch(self, seqs):
+        return [self.decode(s) for s in seqs]
 
 
 class DigitTask:
@@ -47,6 +57,22 @@ class InProcessVerifier:
         return [self.task.reward(t, r) for t, r in zip(texts, rows)]
 
 
+def make_run(cfg, data, task=None, d=None):
+    """The step's fixed inputs (nanor1.step.Run) for the toy task: prompts are the rows' ids."""
+    task, tok, d = task or DigitTask(), IntTokenizer(), d or Dist()
+    return rl.Run(cfg=cfg, d=d, prec=choose(d.device, "fp32"), tok=tok, task=task, rows=data,
+                  prompts=[tok.encode(task.prompt(r, tok)) for r in data], stream=PromptStream(len(data), cfg.seed),
+                  verifier=InProcessVerifier(task), stop=Stop(eos=tok.eos_token_ids))
+
+
+def train_step(run, model, ref, opt, groups, opt_step=0):
+    """score + update, as train.py's loop runs them; returns the reduced sums."""
+    learners = [rl.PolicyLearner(model, opt, run)]
+    batch, sums = rl.score(run, groups, model, ref)
+    rl.update(run, batch, learners, opt_step, lambda s: train.lr_at(run.cfg, s), sums)
+    return sums.reduce(run.d)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return hf_tiny(tmp_path_factory.mktemp("m"), kind="qwen2", tied=False)[0]
@@ -64,18 +90,14 @@ def test_grpo_sanity_run_learns_rewarded_tokens(folder, loss_type):
     cfg = TrainConfig(prompts_per_step=8, group_size=8, max_completion_len=6, lr=3e-3, micro_batch_size=64,
                       loss_type=loss_type, scale_rewards=loss_type == "grpo")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    task, tok, d = DigitTask(), IntTokenizer(), Dist()
-    data = rows(64)
-    stream = train.prompt_stream(len(data), 0)
-    cursor, opt_step, curve = 0, 0, []
+    run = make_run(cfg, rows(64))
+    cursor, curve = 0, []
     for step in range(40):
-        groups, gen, cursor, _ = train.collect(cfg, model, tok, task, data, stream, cursor,
-                                               InProcessVerifier(task), step, d)
-        curve.append(sum(x["reward"] for x in gen) / len(gen))
+        groups, gen, cursor = rl.collect(run, model, step, cursor)
+        curve.append(sum(x.reward for x in gen) / len(gen))
         if curve[-1] > 0.8:
             break
-        train.train_step(cfg, model, None, opt, groups, opt_step, d)
-        opt_step += 1
+        train_step(run, model, None, opt, groups, step)
     assert curve[0] < 0.2, curve
     assert curve[-1] > 0.8, [round(c, 2) for c in curve]
 
@@ -86,16 +108,14 @@ def one_step_params(folder, micro, mu=1, mini=0, beta=0.0):
     ref = Transformer.from_pretrained(folder, dtype=torch.float32) if beta else None
     cfg = TrainConfig(prompts_per_step=4, group_size=4, max_completion_len=8, micro_batch_size=micro, mu=mu,
                       mini_batch_size=mini, beta=beta, loss_type="dapo", grad_clip=0.0, lr=0.5)
-    task, tok, d = DigitTask(), IntTokenizer(), Dist()
-    data = rows(4, seed=1)
-    groups, *_ = train.collect(cfg, model, tok, task, data, train.prompt_stream(4, 0), 0, InProcessVerifier(task),
-                               1, d)
+    run = make_run(cfg, rows(4, seed=1))
+    groups, *_ = rl.collect(run, model, 1, 0)
     # Perturb the policy so ratios differ from 1 and the clip and KL terms are live.
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)  # the trainer sets the lr each step
-    m, _ = train.train_step(cfg, model, ref, opt, copy.deepcopy(groups), 0, d)
+    m = train_step(run, model, ref, opt, copy.deepcopy(groups))
     return torch.cat([p.detach().flatten() for p in model.parameters()]), m
 
 
@@ -141,17 +161,14 @@ def test_dynamic_sampling_keeps_only_groups_with_signal(folder):
     torch.manual_seed(0)
     model = Transformer.from_pretrained(folder, dtype=torch.float32)
     data = [dict(r, flat=i % 2 == 0) for i, r in enumerate(rows(64))]
-    task, tok, d = HalfFlatTask(), IntTokenizer(), Dist()
     cfg = TrainConfig(prompts_per_step=8, group_size=4, max_completion_len=6, dynamic_sampling=True,
                       max_refill_rounds=3)
-    groups, gen, cursor, _ = train.collect(cfg, model, tok, task, data, train.prompt_stream(64, 0), 0,
-                                           InProcessVerifier(task), 1, d)
-    assert len(groups) == 8 and all(len({s["reward"] for s in g}) > 1 for g in groups)
+    groups, gen, cursor = rl.collect(make_run(cfg, data, HalfFlatTask()), model, 1, 0)
+    assert len(groups) == 8 and all(len({s.reward for s in g}) > 1 for g in groups)
     assert cursor > 8 and len(gen) == cursor // 8 * 8 * 4  # refilled from new prompts, every round logged
     off = TrainConfig(prompts_per_step=8, group_size=4, max_completion_len=6)
-    groups, _, cursor, _ = train.collect(off, model, tok, task, data, train.prompt_stream(64, 0), 0,
-                                         InProcessVerifier(task), 1, d)
-    assert cursor == 8 and sum(len({s["reward"] for s in g}) == 1 for g in groups) >= 3  # flat groups stay
+    groups, _, cursor = rl.collect(make_run(off, data, HalfFlatTask()), model, 1, 0)
+    assert cursor == 8 and sum(len({s.reward for s in g}) == 1 for g in groups) >= 3  # flat groups stay
 
 
 def test_masked_truncated_completions_get_no_gradient(folder):
@@ -160,25 +177,26 @@ def test_masked_truncated_completions_get_no_gradient(folder):
     cfg = TrainConfig(prompts_per_step=2, group_size=2, max_completion_len=6, mask_truncated=True, lr=0.1,
                       grad_clip=0.0)
     # Every completion truncated: with the mask on, the step must leave the weights exactly as they were.
-    groups = [[dict(prompt=[1, 2, 3], completion=[4, 5, 6, 7, 8, 9], sampler_logp=[0.0] * 6, truncated=True,
-                    reward=r) for r in (0.0, 1.0)] for _ in range(2)]
+    groups = [[rl.Sample(prompt=[1, 2, 3], completion=[4, 5, 6, 7, 8, 9], sampler_logp=[0.0] * 6, truncated=True,
+                         reward=r, text="") for r in (0.0, 1.0)] for _ in range(2)]
     before = [p.detach().clone() for p in model.parameters()]
-    train.train_step(cfg, model, None, torch.optim.SGD(model.parameters(), lr=0.1), groups, 0, Dist())
+    run = make_run(cfg, rows(2))
+    train_step(run, model, None, torch.optim.SGD(model.parameters(), lr=0.1), groups)
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
     cfg.mask_truncated = False  # the same batch unmasked does move them
-    train.train_step(cfg, model, None, torch.optim.SGD(model.parameters(), lr=0.1), groups, 0, Dist())
+    train_step(run, model, None, torch.optim.SGD(model.parameters(), lr=0.1), groups)
     assert not all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
 
 
 def test_deal_balances_groups_over_ranks():
     """Rank 0 kept 5 groups and rank 1 one: both train on 3, and no group is used twice."""
     parts = [[("r0", i) for i in range(5)], [("r1", 0)]]
-    shares = [train.deal(parts, r, cap=4) for r in range(2)]
+    shares = [deal(parts, r, cap=4) for r in range(2)]
     assert [len(s) for s in shares] == [3, 3]
     assert len(set(shares[0]) | set(shares[1])) == 6
-    assert [len(train.deal(parts, r, cap=2)) for r in range(2)] == [2, 2]  # never more than a rank's quota
-    assert train.deal([[1, 2, 3]], 0, cap=2) == [1, 2]  # one process: the first `cap`
-    assert train.deal([[], [1]], 1, cap=2) == []  # one group cannot be split over two ranks
+    assert [len(deal(parts, r, cap=2)) for r in range(2)] == [2, 2]  # never more than a rank's quota
+    assert deal([[1, 2, 3]], 0, cap=2) == [1, 2]  # one process: the first `cap`
+    assert deal([[], [1]], 1, cap=2) == []  # one group cannot be split over two ranks
 
 
 @pytest.mark.skipif(not (train.Path(__file__).resolve().parents[1] / "data/tiny/model.safetensors").is_file(),

@@ -26,10 +26,11 @@ pretraining corpus nor the RL "train" split (`TRAIN_SIZE` rows drawn with `TRAIN
 Reward (the countdown rule): 1.0 when the last <answer> block holds the right sum, 0.1 when it holds
 anything else, 0.0 when there is no <answer>...</answer> at all.
 """
+import functools
 import random
 import re
 
-from nanor1.tasks import Task, register_task
+from nanor1.tasks.base import Task
 from nanor1.verify import last_tag_block
 
 DIGITS = (2, 3)  # both operands have the same number of digits, chosen from these
@@ -49,24 +50,25 @@ def random_problem(rng):
     return rng.randint(lo, hi), rng.randint(lo, hi)
 
 
-def _eval_problems():
+@functools.cache
+def eval_problems():
+    """The held-out problems (a constant list, identical on every machine) and the set of them and their
+    mirrors. Drawn on first use, not at import."""
     rng, seen, out = random.Random(EVAL_SEED), set(), []
     while len(out) < EVAL_SIZE:
         a, b = random_problem(rng)
         if (a, b) not in seen:
             seen.update({(a, b), (b, a)})
             out.append((a, b))
-    return out, seen
-
-
-EVAL_PROBLEMS, _HELD_OUT = _eval_problems()  # a few ms; a constant list, identical on every machine
+    return out, frozenset(seen)
 
 
 def train_problem(rng):
     """A random problem that is not in the held-out split (nor its mirror)."""
+    held_out = eval_problems()[1]
     while True:
         a, b = random_problem(rng)
-        if (a, b) not in _HELD_OUT:
+        if (a, b) not in held_out:
             return a, b
 
 
@@ -112,18 +114,19 @@ def document(rng):
     return PROMPT.format(a=a, b=b), solution(a, b, careful=rng.random() < CAREFUL_SHARE, slip_rng=rng)
 
 
-@register_task("arithmetic")
 class Arithmetic(Task):
     """Addition of two 2- or 3-digit numbers, for the tiny base model (data/tiny); see the module docstring."""
 
+    name = "arithmetic"
     templates = ("base",)  # plain text for a base model; the tiny base never saw ChatML
+    completion_len = 64  # a solution is about 30 tokens
 
     def load(self, split):
         if split == "train":
             rng = random.Random(TRAIN_SEED)
             problems = [train_problem(rng) for _ in range(TRAIN_SIZE)]
         else:
-            problems = EVAL_PROBLEMS
+            problems = eval_problems()[0]
         return [{"id": f"arithmetic/{split}/{i}", "index": i, "a": a, "b": b, "gold": str(a + b)}
                 for i, (a, b) in enumerate(problems)]
 

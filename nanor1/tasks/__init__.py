@@ -1,0 +1,62 @@
+r"""Tasks: real data, a prompt template, and a rule-based reward, looked up by name.
+
+    task = get_task("countdown", template="base")
+    rows = task.train_rows()                    # list of dicts, each with "id" (str) and "index" (int)
+    text = task.prompt(rows[0], tokenizer)      # the prompt as text; encode it with tokenizer.encode
+    r = task.reward(completion_text, rows[0])   # in [0, 1]; task.is_correct(r) <=> r == 1.0
+
+`completion_text` is the decoded completion alone (no prompt), decoded with special tokens kept (the
+tokenizer's default) and including the stop string when the rollout stopped on one of `task.stop`. A trailing
+EOS token's text (`<|im_end|>`) is harmless to every reward. Rewards are computed in a killable worker process
+with a timeout per completion: see `nanor1.verifier.Verifier`.
+
+    base.py        Task (the interface) and read_jsonl
+    countdown.py   TinyZero's countdown
+    mathqa.py      GSM8K and MATH (+ MATH-500, AIME24, AMC23)
+    arithmetic.py  the tiny base's addition task
+
+Templates. `base` is plain text for base models, ending where the model should start writing; `instruct` is
+ChatML written by `tokenizer.apply_chat_template`, for instruct models. Rollouts may stop on `task.stop`:
+["</answer>"] for templates that ask for <answer> tags (countdown's two, the `base` of the others), nothing
+(EOS only) for the boxed instruct templates. TinyZero itself samples to EOS, and its reward is 0 for an answer
+followed by another line; stopping at "</answer>" saves the tokens a base model writes after its answer but rules
+that failure out. A trainer that wants TinyZero's exact dynamics passes no stop strings.
+
+| task, template      | gold parser                   | model-answer extractor                 | reward         |
+|---------------------|-------------------------------|----------------------------------------|----------------|
+| countdown, both     | the row's "target" and "nums" | TinyZero's: in prompt + completion,    | 1 correct,     |
+|                     |                               | after the first "Assistant:" (else     | 0.1 malformed  |
+|                     |                               | "<|im_start|>assistant"), on the LAST  | or wrong,      |
+|                     |                               | LINE only, the last <answer> block     | 0 no answer    |
+| gsm8k, base         | the number after the last     | the last <answer> block, then its last | 1 numerically  |
+|                     | "####", commas removed        | number ($ and commas dropped)          | equal, else 0  |
+| gsm8k, instruct     | same                          | the last \boxed{}, then its last       | same           |
+|                     |                               | number                                 |                |
+| math (and math500,  | the "answer" string (AMC's    | base: the last <answer> block, or the  | 1 if verify.   |
+| aime24, amc23),     | float 27.0 becomes "27.0")    | last \boxed{} inside it if it has one; | math_equal,    |
+| both                |                               | instruct: the last \boxed{}            | else 0         |
+
+Splits (fixed; `eval_rows(split)`):
+- countdown: train = rows 0..9001 of the shipped 10,002; eval "test" = rows 9002..10001 (1000 rows).
+- gsm8k: train = train.jsonl (7473); eval "test" = test.jsonl (1319).
+- math: train = MATH train (7470, from DeepScaleR, empty answers dropped); eval "math500" (default, 500),
+  "aime24" (30), "amc23" (40). Tasks `math500`, `aime24`, `amc23` are `math` with that default eval split.
+
+- arithmetic: the shipped tiny base's synthetic task (arithmetic.py).
+
+A new task is a `Task` subclass (base.py: a name, templates, load(split), prompt, extract, reward) in a module
+of this package, and one entry in `TASKS` below: the registry is that list, nothing registers itself at import.
+"""
+from nanor1.tasks.arithmetic import Arithmetic
+from nanor1.tasks.base import DATA_DIR, Task, read_jsonl  # noqa: F401  (the package's interface)
+from nanor1.tasks.countdown import Countdown
+from nanor1.tasks.mathqa import AIME24, AMC23, GSM8K, MATH, MATH500
+
+TASKS = {cls.name: cls for cls in (Arithmetic, Countdown, GSM8K, MATH, MATH500, AIME24, AMC23)}
+
+
+def get_task(name, template=None, data_dir=None):
+    """The task registered as `name`, with `template` (None: the task's default) and data under `data_dir`."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name](template=template, data_dir=data_dir)

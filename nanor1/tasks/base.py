@@ -1,0 +1,85 @@
+"""The Task interface every task implements, and the JSONL reader the real datasets go through."""
+import json
+import os
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
+
+
+def read_jsonl(path, required=()):
+    """The JSON objects of a .jsonl file; a bad line fails with `file:line` and what is wrong."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path} not found (see data/*/SOURCE.md)")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            missing = [k for k in required if k not in obj]
+            if missing:
+                raise ValueError(f"{path}:{n}: missing key(s) {missing}")
+            out.append(obj)
+    return out
+
+
+
+class Task:
+    """A dataset, a prompt template and a reward. Subclasses set the class attributes and the four methods."""
+
+    name = None  # the registry's key (nanor1/tasks/__init__.py)
+    templates = ("base", "instruct")  # the first is the default
+    eval_splits = ("test",)  # the first is the default
+    completion_len = 1024  # sample.py's default generation budget on this task
+
+    def __init__(self, template=None, data_dir=None):
+        template = template or self.templates[0]
+        if template not in self.templates:
+            raise ValueError(f"task {self.name!r} has no template {template!r}; choose from {self.templates}")
+        self.template = template
+        self.data_dir = data_dir or DATA_DIR
+        self._rows = {}  # split -> rows, loaded on first use
+
+    def __getstate__(self):  # the verifier worker gets the task without its loaded rows
+        return {**self.__dict__, "_rows": {}}
+
+    @property
+    def stop(self):
+        """Strings that may end a rollout (kept in the completion)."""
+        return ["</answer>"] if self.template == "base" else []
+
+    def train_rows(self):
+        return self._cached("train")
+
+    def eval_rows(self, split=None):
+        split = split or self.eval_splits[0]
+        if split not in self.eval_splits:
+            raise ValueError(f"task {self.name!r} has no eval split {split!r}; choose from {self.eval_splits}")
+        return self._cached(split)
+
+    def _cached(self, split):
+        if split not in self._rows:
+            self._rows[split] = self.load(split)
+        return self._rows[split]
+
+    def load(self, split):
+        """Rows of `split` ("train" or one of eval_splits), each a dict with "id" and "index"."""
+        raise NotImplementedError
+
+    def prompt(self, row, tokenizer):
+        """The prompt text for `row` (instruct templates go through tokenizer.apply_chat_template)."""
+        raise NotImplementedError
+
+    def extract(self, completion, row):
+        """The model's answer in `completion`, as a string (None when there is none); for logs and evals."""
+        raise NotImplementedError
+
+    def reward(self, completion, row):
+        """A float in [0, 1]; exactly 1.0 means correct."""
+        raise NotImplementedError
+
+    def is_correct(self, reward):
+        return reward == 1.0
+
