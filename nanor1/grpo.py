@@ -91,7 +91,7 @@ def group_advantages(rewards, group_size: int, scale="group", all_reduce=None, r
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     r = rewards.float().view(-1, group_size)  # (P, G)
     adv = r - r.mean(1, keepdim=True)
-    group_std = r.std(1, keepdim=True)  # (P, 1) torch.std is the unbiased (G - 1) estimator
+    group_std = r.std(1, keepdim=True) if len(r) else r[:, :1]  # (P, 1) unbiased (G - 1); P = 0: torch warns
     flat = (r == r[:, :1]).all(1, keepdim=True)  # no signal: the mean's rounding must not invent one
     if scale == "group":
         adv = adv / (group_std + 1e-6)
@@ -105,12 +105,14 @@ def group_advantages(rewards, group_size: int, scale="group", all_reduce=None, r
             sums = all_reduce(sums)
         n, s1, s2, groups, std_sum, flat_sum = sums.tolist()
         if scale == "batch":
-            batch_std = (max(s2 - s1 * s1 / n, 0.0) / (n - 1)) ** 0.5  # unbiased, over all P*G (x ranks)
+            batch_std = (max(s2 - s1 * s1 / n, 0.0) / (n - 1)) ** 0.5 if n > 1 else 0.0  # unbiased, all ranks
             adv = adv / (batch_std + 1e-6)
     adv = torch.where(flat, 0.0, adv).view(-1)
     if not return_stats:
         return adv
-    return adv, {"reward_std": std_sum / groups, "zero_adv_frac": flat_sum / groups, "groups": int(groups)}
+    # A rank may hold no group (every group dropped): it must still call this when all_reduce is given.
+    g = max(groups, 1)
+    return adv, {"reward_std": std_sum / g, "zero_adv_frac": flat_sum / g, "groups": int(groups)}
 
 
 def overlong_penalty(lengths, max_len: int, buffer: int, penalty: float):

@@ -11,11 +11,11 @@ from nanor1.grpo import group_advantages, overlong_penalty, policy_loss
 from nanor1.schedule import length_at, lr_at, parse_length_schedule
 
 
-def ragged(ratios, adv, lengths, seed_old=0.0):
+def ragged(ratios, adv, lengths):
     """logp (requires grad) whose ratio over old_logp is `ratios` (padding holds 7.0, which must never count)."""
     ratio = torch.tensor(ratios, dtype=torch.float64)
     T = ratio.shape[1]
-    old = -0.5 - 0.25 * torch.arange(ratio.numel(), dtype=torch.float64).view(ratio.shape) + seed_old
+    old = -0.5 - 0.25 * torch.arange(ratio.numel(), dtype=torch.float64).view(ratio.shape)
     logp = (old + torch.log(ratio)).requires_grad_(True)
     mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
     return logp, old, torch.tensor(adv, dtype=torch.float64), mask
@@ -274,6 +274,8 @@ def test_batch_scale_hand_values_and_group_stats():
     torch.testing.assert_close(group_advantages(REWARDS, 4, "none")[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
     with pytest.raises(ValueError, match="scale_rewards"):
         group_advantages(REWARDS, 4, scale="rank")
+    adv, st = group_advantages(torch.zeros(0), 4, "batch", return_stats=True)  # a rank left without groups
+    assert adv.numel() == 0 and st == {"reward_std": 0.0, "zero_adv_frac": 0.0, "groups": 0}
 
 
 def test_batch_std_and_stats_span_ranks():
