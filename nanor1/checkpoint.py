@@ -6,6 +6,9 @@
         trainer.json                                      step, data position, the TrainConfig
         optimizer.pt | optimizer/                         AdamW state (one process) | sharded (DCP, FSDP)
         rng-rank{R}.pt                                    every RNG state of each rank
+        critic/                                           PPO only: the critic (nanor1/ppo.py) in HF layout
+            config.json, model.safetensors                (a token-classification model with one label)
+            optimizer.pt | optimizer/                     its own AdamW state
 
 Atomic: everything is written into OUT/.tmp-ckpt-STEP, then renamed to OUT/ckpt-STEP in one step, so a run
 killed in the middle of a save leaves the previous checkpoint intact (and a stale .tmp folder, ignored).
@@ -54,24 +57,20 @@ def full_state_dict(model, d: Dist):
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def save_checkpoint(out, step, model, optimizer, trainer_state: dict, tokenizer, d: Dist, keep_last=2):
+def save_checkpoint(out, step, model, optimizer, trainer_state: dict, tokenizer, d: Dist, keep_last=2,
+                    critic=None, critic_optimizer=None):
     out = Path(out)
     tmp, final = out / f".tmp-ckpt-{step}", out / f"ckpt-{step}"
     if d.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(d)
-    sd = full_state_dict(model, d)
+    save_module(tmp, model, optimizer, d)
+    if critic is not None:
+        save_module(tmp / "critic", critic, critic_optimizer, d)
     if d.is_main:
-        model.save_pretrained(tmp, state_dict=sd)
         tokenizer.save_pretrained(tmp)
         (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2))
-    if d.enabled:  # each rank writes its shard of the optimiser state
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(tmp / "optimizer"))
-    else:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / f"rng-rank{d.rank}.pt")
     barrier(d)
     if d.is_main:
@@ -82,6 +81,20 @@ def save_checkpoint(out, step, model, optimizer, trainer_state: dict, tokenizer,
             shutil.rmtree(old)
     barrier(d)
     return final
+
+
+def save_module(folder, model, optimizer, d: Dist):
+    """The model's full weights in HF layout (rank 0) and its optimiser state (sharded under FSDP) into
+    `folder`. A collective under FSDP: every rank calls it."""
+    sd = full_state_dict(model, d)
+    if d.is_main:
+        model.save_pretrained(folder, state_dict=sd)
+    if d.enabled:  # each rank writes its shard of the optimiser state
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(folder / "optimizer"))
+    else:
+        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
 
 
 def list_checkpoints(out):
@@ -106,14 +119,30 @@ def resolve(resume: str, out) -> Path:
     return path
 
 
-def load_checkpoint(path, model, optimizer, d: Dist) -> dict:
-    """Restore weights, optimiser and RNG states in place; returns the trainer state."""
-    from safetensors.torch import load_file
+def load_checkpoint(path, model, optimizer, d: Dist, critic=None, critic_optimizer=None) -> dict:
+    """Restore weights, optimiser and RNG states in place (and the critic's, when one is given); returns the
+    trainer state."""
     path = Path(path)
+    load_module(path, model, optimizer, d)
+    if critic is not None:
+        if not (path / "critic" / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path} holds no critic (no critic/model.safetensors): it was not written by "
+                                    "a run with --algo ppo")
+        load_module(path / "critic", critic, critic_optimizer, d)
+    rng = path / f"rng-rank{d.rank}.pt"
+    if not rng.is_file():
+        raise FileNotFoundError(f"{rng} missing: resume needs the same world size the checkpoint was written with")
+    set_rng_state(torch.load(rng, weights_only=False))
+    return json.loads((path / "trainer.json").read_text())
+
+
+def load_module(folder, model, optimizer, d: Dist):
+    """The inverse of save_module, in place."""
+    from safetensors.torch import load_file
     # Under FSDP only rank 0 reads the full weights; set_model_state_dict broadcasts and shards them
     # (every rank reading them would hold world_size full fp32 copies in host memory).
-    sd = load_file(path / "model.safetensors") if d.is_main else {}
-    if sd and model.config.tie_word_embeddings:
+    sd = load_file(folder / "model.safetensors") if d.is_main else {}
+    if sd and model.config.tie_word_embeddings and hasattr(model, "lm_head"):  # (a critic has no LM head)
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     if d.enabled:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
@@ -121,18 +150,13 @@ def load_checkpoint(path, model, optimizer, d: Dist) -> dict:
         import torch.distributed.checkpoint as dcp
         set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
         state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
-        dcp.load(state, checkpoint_id=str(path / "optimizer"))
+        dcp.load(state, checkpoint_id=str(folder / "optimizer"))
         set_optimizer_state_dict(model, optimizer, state["optimizer"])
     else:
         with torch.no_grad():
             for name, p in model.state_dict().items():
                 p.copy_(sd[name])
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    rng = path / f"rng-rank{d.rank}.pt"
-    if not rng.is_file():
-        raise FileNotFoundError(f"{rng} missing: resume needs the same world size the checkpoint was written with")
-    set_rng_state(torch.load(rng, weights_only=False))
-    return json.loads((path / "trainer.json").read_text())
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
 
 
 # ----------------------------------------------------------------------------- resuming a run

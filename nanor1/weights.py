@@ -65,7 +65,7 @@ def load_config(path) -> ModelConfig:
         qk_norm=(mt == "qwen3"), raw=raw)
 
 
-def _weight_files(path: Path):
+def weight_files(path: Path):
     """Map each tensor name to the safetensors file holding it."""
     index = path / "model.safetensors.index.json"
     single = path / "model.safetensors"
@@ -89,15 +89,28 @@ def load_pretrained(cls, path, dtype=torch.bfloat16, device="cpu"):
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if cfg.tie_word_embeddings:
         expected.pop("lm_head.weight")  # optional in the file; the tie supplies it
-    files = _weight_files(path)
+    files = weight_files(path)
     names = set(files) - {"lm_head.weight"} if cfg.tie_word_embeddings else set(files)
-    missing = sorted(set(expected) - names)
-    unexpected = sorted(names - set(expected))
+    check_names(path, expected, names)
+    assign_weights(model, files, expected, dtype, device)
+    if cfg.tie_word_embeddings:  # assignment broke the tie: restore it
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+def check_names(path, expected, names):
+    """One clear error when the file's weight names and the model's differ."""
+    missing = sorted(set(expected) - set(names))
+    unexpected = sorted(set(names) - set(expected))
     if missing:
         raise KeyError(f"checkpoint {path} is missing weight {missing[0]!r} ({len(missing)} missing in all)")
     if unexpected:
         raise KeyError(f"checkpoint {path} has unexpected weight {unexpected[0]!r} ({len(unexpected)} in all)")
 
+
+def assign_weights(model, files, expected, dtype, device):
+    """Read each weight named in `expected` (name -> shape) from its file (`files`: name -> path) and put it in
+    place of the model's meta parameter, after checking its shape."""
     by_file = {}
     for name in expected:
         by_file.setdefault(files[name], []).append(name)
@@ -114,9 +127,6 @@ def load_pretrained(cls, path, dtype=torch.bfloat16, device="cpu"):
                 module = model.get_submodule(module_name)
                 setattr(module, attr, torch.nn.Parameter(t.to(device=device, dtype=dtype),
                                                          requires_grad=params[name].requires_grad))
-    if cfg.tie_word_embeddings:  # assignment broke the tie: restore it
-        model.lm_head.weight = model.model.embed_tokens.weight
-    return model
 
 
 def save_pretrained(model, path, state_dict=None):

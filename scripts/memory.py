@@ -1,4 +1,4 @@
-"""Expected memory per GPU for GRPO with nanoR1 on Qwen2.5 0.5B / 1.5B / 3B / 7B (an estimate, not a
+"""Expected memory per GPU for GRPO (and PPO) with nanoR1 on Qwen2.5 0.5B / 1.5B / 3B / 7B (an estimate, not a
 measurement): python scripts/memory.py [--gpus 8] [--micro 8] [--seq 1536] [--rollout 64]
 
 Counted per GPU, for N GPUs under FSDP2 (fully_shard per block, fp32 master weights, bf16 compute):
@@ -9,6 +9,13 @@ Counted per GPU, for N GPUs under FSDP2 (fully_shard per block, fp32 master weig
   one block recomputed at a time (about 16 x b x T x C x 2 B, MLP width included roughly) plus one
   gathered bf16 block; the fused log-prob kernel never holds the (b*T, V) logits
 The frozen reference model (beta > 0) adds 4 B/param / N (fp32, sharded). Allocator slack is not counted.
+
+PPO (--algo ppo) adds the critic (nanor1/ppo.py): the policy's backbone without its LM head plus a value head
+Linear(C, 1), trained like the policy, so its own 16 B/param / N of fp32 weights, gradients and AdamW moments,
+held through every phase. Its activations equal the policy's (same blocks, same micro-batch) but do not add to
+them when the update runs the critic's forward and backward after the policy's, as a separate backward; the
+score phase's critic forward runs without grad. So: ppo peak = policy state + critic state + max(rollout,
+activations).
 """
 import argparse
 
@@ -28,6 +35,12 @@ def params(C, I, L, H, K, V, tied):
     return L * (attn + mlp + 2 * C) + V * C * (1 if tied else 2) + C
 
 
+def critic_params(P, C, V, tied):
+    """The critic: the policy minus its LM head (an untied V x C matrix; a tied one is the embedding, which the
+    critic keeps) plus the value head's C weights and 1 bias."""
+    return P - (0 if tied else V * C) + C + 1
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpus", type=int, default=8)
@@ -38,8 +51,9 @@ def main():
     G = 2 ** 30
     print(f"N = {a.gpus} GPUs, micro-batch {a.micro} x {a.seq} tokens, rollout {a.rollout} sequences x {a.seq} "
           f"tokens per GPU")
-    print("| model | params | train state / GPU | rollout (weights + KV) / GPU | activations / GPU | peak / GPU |")
-    print("|---|---|---|---|---|---|")
+    print("| model | params | train state / GPU | rollout (weights + KV) / GPU | activations / GPU | peak / GPU "
+          "| ppo: critic state / GPU | ppo: peak / GPU |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, (C, I, L, H, K, V, tied) in MODELS.items():
         P = params(C, I, L, H, K, V, tied)
         state = 16 * P / a.gpus
@@ -49,8 +63,9 @@ def main():
         block = (P - V * C * (1 if tied else 2)) / L
         act = L * tokens * C * 2 + 16 * tokens * C * 2 + 2 * block
         peak = state + max(rollout, act)
+        critic = 16 * critic_params(P, C, V, tied) / a.gpus
         print(f"| {name} | {P / 1e9:.2f}B | {state / G:.1f} GiB | {2 * P / G:.1f} + {kv / G:.1f} GiB | "
-              f"{act / G:.1f} GiB | {peak / G:.1f} GiB |")
+              f"{act / G:.1f} GiB | {peak / G:.1f} GiB | {critic / G:.1f} GiB | {(peak + critic) / G:.1f} GiB |")
 
 
 if __name__ == "__main__":
