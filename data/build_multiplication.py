@@ -15,7 +15,7 @@ The recipe is TinyZero's examples/data_preprocess/multiply.py (github.com/Jiayi-
    CPython 3.8 to 3.13 (3.6 and 3.7 order it differently); TinyZero's README installs Python 3.9.
 3. Split: train = the first TRAIN_SIZE tuples of that list, test = the last TEST_SIZE.
 Each line is {"num1": int, "num2": int, "result": int}, TinyZero's three columns. The prompt and the reward
-are in nanor1/multiplication.py; data/multiplication/SOURCE.md records the counts and checksums.
+are in nanor1/tasks/multiplication.py; data/multiplication/SOURCE.md records the counts and checksums.
 """
 import argparse
 import hashlib

@@ -1,4 +1,4 @@
-"""TinyZero's multiplication task (nanor1/multiplication.py, data/build_multiplication.py): the shipped rows come
+"""TinyZero's multiplication task (nanor1/tasks/multiplication.py, data/build_multiplication.py): the shipped rows come
 from the build script, the prompt is TinyZero's, and the reward matches TinyZero's rule by hand and against an
 oracle written from the rule's documented behaviour."""
 import hashlib
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nanor1.multiplication import parse_int
+from nanor1.tasks.multiplication import parse_int
 from nanor1.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent.parent

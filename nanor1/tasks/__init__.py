@@ -12,6 +12,7 @@ with a timeout per completion: see `nanor1.verifier.Verifier`.
 
     base.py        Task (the interface) and read_jsonl
     countdown.py   TinyZero's countdown
+    multiplication.py  TinyZero's multiplication
     mathqa.py      GSM8K and MATH (+ MATH-500, AIME24, AMC23)
     arithmetic.py  the tiny base's addition task
 
@@ -51,8 +52,9 @@ from nanor1.tasks.arithmetic import Arithmetic
 from nanor1.tasks.base import DATA_DIR, Task, read_jsonl  # noqa: F401  (the package's interface)
 from nanor1.tasks.countdown import Countdown
 from nanor1.tasks.mathqa import AIME24, AMC23, GSM8K, MATH, MATH500
+from nanor1.tasks.multiplication import Multiplication
 
-TASKS = {cls.name: cls for cls in (Arithmetic, Countdown, GSM8K, MATH, MATH500, AIME24, AMC23)}
+TASKS = {cls.name: cls for cls in (Arithmetic, Countdown, Multiplication, GSM8K, MATH, MATH500, AIME24, AMC23)}
 
 
 def get_task(name, template=None, data_dir=None):

@@ -25,7 +25,7 @@ import os
 import re
 import unicodedata
 
-from nanor1.tasks import Task, read_jsonl, register_task
+from nanor1.tasks.base import Task, read_jsonl
 from nanor1.verify import last_tag_block
 
 PROMPT = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
@@ -65,10 +65,10 @@ def last_answer_on_a_line(text):
     return None
 
 
-@register_task("multiplication")
 class Multiplication(Task):
     """num1 * num2 with num1, num2 in 0..999, TinyZero's data, prompt and reward (see the module docstring)."""
 
+    name = "multiplication"
     templates = ("base",)  # TinyZero has one plain-text template and feeds it to the model without a chat template
 
     def load(self, split):
