@@ -26,17 +26,22 @@ from nanor1.config import parse_args, save as save_config
 from nanor1.data import PromptStream, encode_prompts, fit_prompts, prompt_budget
 from nanor1.evaluate import evaluate
 from nanor1.model import load_model_and_tokenizer
+from nanor1.ppo import CriticLearner, load_critic
 from nanor1.precision import choose as choose_precision
 from nanor1.rollout import Stop
-from nanor1.step import PolicyLearner, Run, Sums, collect, score, update
+from nanor1.schedule import length_at, lr_at, parse_length_schedule
+from nanor1.step import PolicyLearner, Run, collect, score, update
 from nanor1.tasks import get_task
 from nanor1.verifier import Verifier
+from nanor1.weights import load_config
 
 
 def main(argv=None):
     # ----------------------------------------------------------------------------- set-up
     # Inputs first (a bad --model or --task fails before anything is written), then the run folder.
     cfg = parse_args(argv)
+    if cfg.dry_run:
+        return dry_run(cfg)
     d = distributed.setup()
     check_world(cfg, d)
     if cfg.threads:
@@ -46,33 +51,37 @@ def main(argv=None):
     policy, tok = load_model_and_tokenizer(cfg.model, torch.float32, d.device)  # fp32 master weights
     policy.gradient_checkpointing = cfg.grad_checkpointing
     run = prepare(cfg, d, prec, policy, tok)
+    critic = load_critic(cfg.critic_model or cfg.model, tok.vocab_size, policy.config.max_position_embeddings,
+                         device=d.device, policy_path=cfg.model) if cfg.algo == "ppo" else None
     out = run_folder(cfg, d, run.task)
-    # The frozen reference exists only when the KL term is on.
+    # The frozen reference exists only when a KL term is on.
     ref = load_model_and_tokenizer(cfg.model, torch.float32, d.device)[0].requires_grad_(False) if cfg.beta else None
-    distributed.shard(policy, d, prec, frozen=False)
+    learners = [PolicyLearner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)]
+    if critic is not None:  # PPO: the critic trains beside the policy, on the same batches (nanor1/ppo.py)
+        critic.gradient_checkpointing = cfg.grad_checkpointing
+        learners.append(CriticLearner(distributed.shard(critic, d, prec), adamw(critic, cfg, cfg.critic_lr), run))
     distributed.shard(ref, d, prec, frozen=True)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            weight_decay=cfg.weight_decay, eps=1e-8)
-    learners = [PolicyLearner(policy, opt, run)]
-    state = resume_run(cfg, out, policy, opt, d) if cfg.resume else dict(step=0, cursor=0, opt_step=0)
+    state = dict(step=0, cursor=0, opt_step=0)
+    if cfg.resume:
+        state = resume_run(cfg, out, policy, learners[0].opt, d, critic, critic and learners[1].opt)
     step, cursor, opt_step, failed = state["step"], state["cursor"], state["opt_step"], 0
-    log = Log(out, d)
-    eval_rows = run.task.eval_rows()[:cfg.eval_size]
+    log, lr = Log(out, d), schedule_of(cfg, d)
     if step == 0:
-        log.eval(step, run_eval(run, policy, eval_rows))
+        log.eval(step, run_eval(run, policy))
 
     # ----------------------------------------------------------------------------- the loop
     while step < cfg.steps:
         step += 1
-        t0 = time.time()
-        seen = dict(run.verifier.stats)  # cumulative counters: this step's are the difference
-        groups, generated, cursor = collect(run, policy, step, cursor)
+        t0, seen = time.time(), dict(run.verifier.stats)  # cumulative counters: this step's are the difference
+        budget = length_at(step, cfg.max_completion_len, run.length_schedule)  # DeepScaleR: 8k -> 16k -> 24k
+        groups, generated, cursor = collect(run, policy, step, cursor, budget)
         t1 = time.time()
-        batch, sums = score(run, groups, policy, ref)
-        opt_step = update(run, batch, learners, opt_step, lambda s: lr_at(cfg, s), sums)
+        batch, sums = score(run, groups, policy, ref, learners[1] if critic else None, budget)
+        active = learners if step > cfg.critic_warmup else learners[1:]  # PPO's warm-up trains the critic alone
+        opt_step = update(run, batch, active, opt_step, lr, sums, budget)
         t2 = time.time()
         row = step_metrics(run, sums, groups, generated, seen, step)
-        row.update(lr=lr_at(cfg, max(opt_step - 1, 0)), rollout_s=t1 - t0, train_s=t2 - t1)
+        row.update(lr=lr(max(opt_step - 1, 0)), max_completion_len=budget, rollout_s=t1 - t0, train_s=t2 - t1)
         log.step(row, generated, cfg, tokens_per_s=row["response_length"] * row["completions"] / max(t2 - t0, 1e-9))
         # A step whose every optimiser step had a non-finite gradient changed nothing; three in a row is a run
         # that cannot train (an lr of inf, NaN weights): stop rather than save garbage.
@@ -81,16 +90,61 @@ def main(argv=None):
             raise ValueError(f"step {step}: the gradient norm was not finite in the last 3 steps (check --lr, the "
                              "model's weights, --grad_clip): stopping without saving")
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-            log.eval(step, run_eval(run, policy, eval_rows))
+            log.eval(step, run_eval(run, policy))
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
             trainer = {"step": step, "cursor": cursor, "opt_step": opt_step, "config": vars(cfg)}
-            path = save_checkpoint(out, step, policy, opt, trainer, tok, d, keep_last=cfg.keep_last)
+            path = save_checkpoint(out, step, policy, learners[0].opt, trainer, tok, d, keep_last=cfg.keep_last,
+                                   critic=critic, critic_optimizer=critic and learners[1].opt)
             log.say(f"saved {path}")
 
     # ----------------------------------------------------------------------------- the end
     run.verifier.close()
     distributed.teardown(d)
     return out
+
+
+def adamw(model, cfg, lr):
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                             eps=1e-8)
+
+
+def schedule_of(cfg, d):
+    """lr(opt_step): --lr_schedule over the optimiser steps the run plans (steps x mu x mini-batches)."""
+    minis = cfg.prompts_per_step * cfg.group_size // cfg.mini_batch_size if cfg.mini_batch_size else 1
+    total = cfg.steps * cfg.mu * minis
+    return lambda opt_step: lr_at(opt_step, total, cfg.lr, cfg.lr_schedule, cfg.warmup_steps, cfg.warmup_ratio,
+                                  cfg.min_lr_ratio)
+
+
+# The Hugging Face repositories of the recipes' models (recipes/README.md), for --dry_run's advice.
+HUB_IDS = {"Qwen2.5-3B": "Qwen/Qwen2.5-3B", "Qwen2.5-3B-Instruct": "Qwen/Qwen2.5-3B-Instruct",
+           "Qwen2.5-7B": "Qwen/Qwen2.5-7B", "Qwen2.5-Math-7B": "Qwen/Qwen2.5-Math-7B",
+           "DeepSeek-R1-Distill-Qwen-1.5B": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+           "Qwen2.5-Math-7B-RoPE-300k": "open-r1/Qwen2.5-Math-7B-RoPE-300k"}
+
+
+def dry_run(cfg):
+    """--dry_run: the config checked whole, the model and data looked for (not loaded), the resolved config
+    printed as one JSON object on stdout; what is missing is said on stderr, one line each. Nothing written."""
+    missing = []
+    for flag, folder in (("--model", cfg.model), ("--critic_model", cfg.critic_model if cfg.algo == "ppo" else "")):
+        if folder and not (Path(folder) / "config.json").is_file():
+            hub = HUB_IDS.get(Path(folder).name, Path(folder).name)
+            missing.append(f"{flag}: model folder {folder} not found: download {hub} into it "
+                           f"(huggingface-cli download {hub} --local-dir {folder})")
+        elif folder:
+            load_config(folder)  # a broken config.json is an error, not a missing input
+    for flag, file in (("--data", cfg.data), ("--eval_data", cfg.eval_data)):
+        if file and not Path(file).is_file():
+            missing.append(f"{flag}: data file {file} not found")
+    if cfg.algo == "sft" and not cfg.data:
+        raise ValueError("--algo sft needs --data FILE.jsonl")
+    if cfg.algo != "sft" and not (cfg.task == "jsonl" and missing):
+        make_task(cfg).train_rows()  # the task exists, its data is there, --reward_fn loads
+    print(json.dumps(vars(cfg)))
+    for line in missing:
+        print(f"missing: {line}", file=sys.stderr)
+    return None
 
 
 def check_world(cfg, d):
@@ -105,19 +159,30 @@ def check_world(cfg, d):
         raise ValueError("--resume latest needs --out (the run folder to continue)")
 
 
+def make_task(cfg):
+    return get_task(cfg.task, cfg.template or None, grader=cfg.grader, reward_fn=cfg.reward_fn, data=cfg.data,
+                    eval_data=cfg.eval_data, answer_key=cfg.answer_key, reward=cfg.reward)
+
+
 def prepare(cfg, d, prec, policy, tok) -> Run:
     """The task's prompts, measured once: the budget fits the split (or says why not) and the loop never
-    skips a prompt."""
-    task = get_task(cfg.task, cfg.template or None)
+    skips a prompt. The held-out rows likewise fit the context."""
+    task = make_task(cfg)
+    schedule = parse_length_schedule(cfg.max_completion_len_schedule)
+    longest = max([cfg.max_completion_len] + [n for _, n in schedule])  # the budget of the schedule's last stage
+    context = policy.config.max_position_embeddings
     rows = task.train_rows()
     prompts = encode_prompts(task, tok, rows)
-    budget = prompt_budget(prompts, cfg.max_prompt_len, policy.config.max_position_embeddings,
-                           cfg.max_completion_len)
+    budget = prompt_budget(prompts, cfg.max_prompt_len, context, longest)
     rows, prompts = fit_prompts(rows, prompts, budget, cfg.drop_long)
+    eval_rows = task.eval_rows()[:cfg.eval_size]
+    eval_rows, _ = fit_prompts(eval_rows, encode_prompts(task, tok, eval_rows), context - longest, cfg.drop_long,
+                               "held-out")
     cfg.max_prompt_len = budget  # config.json records the budget used
     return Run(cfg=cfg, d=d, prec=prec, tok=tok, task=task, rows=rows, prompts=prompts,
                stream=PromptStream(len(rows), cfg.seed), verifier=Verifier(task),
-               stop=Stop(eos=tok.eos_token_ids, strings=task.stop, decode=tok.decode))
+               stop=Stop(eos=tok.eos_token_ids, strings=task.stop, decode=tok.decode), eval_rows=eval_rows,
+               length_schedule=schedule)
 
 
 def run_folder(cfg, d, task) -> Path:
@@ -134,19 +199,23 @@ def run_folder(cfg, d, task) -> Path:
     return out
 
 
-def run_eval(run, policy, rows):
-    """Greedy pass@1 on the held-out rows, with the rollouts' precision and budget."""
-    summary, _ = evaluate(policy, run.tok, run.task, rows, run.verifier, run.prec, run.cfg.max_completion_len, d=run.d)
-    return summary
-
-
-def lr_at(cfg, opt_step):
-    """Linear warm-up to cfg.lr over warmup_steps optimiser steps, then constant."""
-    return cfg.lr * min(1.0, (opt_step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+def run_eval(run, policy):
+    """Greedy pass@1 on the held-out rows, with the rollouts' precision and budget; with --eval_samples also
+    pass@1 (the mean over samples) and pass@n at --eval_temperature, as R1-Zero papers report."""
+    cfg = run.cfg
+    greedy, _ = evaluate(policy, run.tok, run.task, run.eval_rows, run.verifier, run.prec, cfg.max_completion_len,
+                         d=run.d)
+    row = {"eval_accuracy": greedy["pass@1"], "problems": greedy["problems"]}
+    if cfg.eval_samples:
+        sampled, _ = evaluate(policy, run.tok, run.task, run.eval_rows, run.verifier, run.prec,
+                              cfg.max_completion_len, num_samples=cfg.eval_samples, temperature=cfg.eval_temperature,
+                              seed=cfg.seed, d=run.d)
+        row.update({f"eval_pass@{k}": sampled[f"pass@{k}"] for k in (1, cfg.eval_samples)})
+    return row
 
 
 def step_metrics(run, sums, groups, generated, seen, step):
-    """One row of metrics.jsonl: every rank's sums reduced by name in one collective, then divided out."""
+    """One row of metrics.jsonl: every rank's statistics reduced by name in one collective, then divided out."""
     task, stats = run.task, run.verifier.stats
     sums.add(completions=len(generated), reward=sum(s.reward for s in generated),
              correct=sum(task.is_correct(s.reward) for s in generated),
@@ -161,15 +230,28 @@ def step_metrics(run, sums, groups, generated, seen, step):
     row = {"step": step, "reward": t["reward"] / n, "accuracy": t["correct"] / n,
            "response_length": t["completion_tokens"] / n, "completions": int(t["completions"]),
            "groups": int(t["groups"])}
-    if "opt_steps" in t:  # an update ran (it does unless no rank kept a group)
+    per_token = lambda k, n_key="tokens": t[k] / max(t[n_key], 1)  # noqa: E731
+    if "tokens_sampled" in t:
+        row.update(entropy=per_token("entropy", "tokens_sampled"), logprob_mismatch=per_token("mismatch", "tokens_sampled"))
+    if "opt_steps" in t:  # the policy took optimiser steps (not in PPO's critic warm-up, nor with no group kept)
         steps = t["opt_steps"] / W
-        row.update(entropy=t["entropy"] / max(t["tokens_sampled"], 1),
-                   logprob_mismatch=t["mismatch"] / max(t["tokens_sampled"], 1),
-                   clip_frac=t["clip_frac"] / max(t["tokens"], 1), loss=t["loss"] / steps,
-                   grad_norm=t["grad_norm"] / t["opt_steps"], opt_steps=int(steps),
-                   skipped_steps=int(t["skipped_steps"] / W))
-        if "kl" in t:
-            row["kl"] = t["kl"] / max(t["tokens"], 1)
+        row.update(loss=t["loss"] / steps, grad_norm=t["grad_norm"] / t["opt_steps"], opt_steps=int(steps),
+                   skipped_steps=int(t["skipped_steps"] / W), ratio_max=t["ratio_max"],
+                   clip_frac=per_token("clip_frac_low") + per_token("clip_frac_high"))
+        row.update({k: per_token(k) for k in ("clip_frac_low", "clip_frac_high", "ratio_mean", "kl", "dual_clip_frac",
+                                              "tis_weight_mean", "tis_capped_frac") if k in t})
+    if "critic_opt_steps" in t:  # PPO
+        steps = t["critic_opt_steps"] / W
+        row.update(value_loss=t["value_loss"] / steps, critic_grad_norm=t["critic_grad_norm"] / t["critic_opt_steps"],
+                   value_clip_frac=per_token("value_clip_frac", "critic_tokens"))
+    if "value_tokens" in t:
+        row.update(explained_variance=t["explained_variance"], values_mean=per_token("values_sum", "value_tokens"),
+                   returns_mean=per_token("returns_sum", "value_tokens"))
+    for k in ("reward_std", "zero_adv_frac"):
+        if k in t:
+            row[k] = t[k]
+    if "overlong_penalty" in t:
+        row["overlong_penalty"] = t["overlong_penalty"] / n
     if "kept" in t:
         row.update(reward_kept=t["reward_kept"] / max(t["kept"], 1), accuracy_kept=t["correct_kept"] / max(t["kept"], 1))
     if t["verifier_timeouts"] or t["verifier_errors"]:  # rewards scored 0 because the check hung or raised
@@ -193,9 +275,12 @@ class Log:
             with open(self.out / name, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def eval(self, step, summary):
-        self.write("metrics.jsonl", {"step": step, "eval_accuracy": summary["pass@1"]})
-        self.say(f"step {step:4d} | eval greedy pass@1 {summary['pass@1']:.3f} on {summary['problems']} held-out problems")
+    def eval(self, step, row):
+        problems = row.pop("problems")
+        self.write("metrics.jsonl", {"step": step, **row})
+        sampled = " | ".join(f"{k[5:]} {v:.3f}" for k, v in row.items() if k.startswith("eval_pass@"))
+        self.say(f"step {step:4d} | eval greedy pass@1 {row['eval_accuracy']:.3f} on {problems} held-out problems"
+                 + (f" | sampled {sampled}" if sampled else ""))
 
     def step(self, row, generated, cfg, tokens_per_s):
         self.write("metrics.jsonl", row)
@@ -207,9 +292,14 @@ class Log:
                      "skipped: the gradient norm was not finite")
         fields = [f"step {row['step']:4d}", f"reward {row['reward']:.3f}", f"acc {row['accuracy']:.3f}",
                   f"len {row['response_length']:5.1f}"]
+        if "kl" in row:
+            fields.append(f"kl {row['kl']:.4f}")
+        if "entropy" in row:
+            fields.append(f"ent {row['entropy']:.3f}")
         if "opt_steps" in row:
-            fields += ([f"kl {row['kl']:.4f}"] if "kl" in row else []) + [
-                f"ent {row['entropy']:.3f}", f"clip {row['clip_frac']:.3f}", f"gnorm {row['grad_norm']:.3f}"]
+            fields += [f"clip {row['clip_frac']:.3f}", f"gnorm {row['grad_norm']:.3f}"]
+        if "value_loss" in row:
+            fields += [f"vloss {row['value_loss']:.4f}", f"ev {row['explained_variance']:.2f}"]
         fields += [f"lr {row['lr']:.1e}", f"rollout {row['rollout_s']:.1f}s", f"train {row['train_s']:.1f}s",
                    f"{tokens_per_s:.0f} tok/s"]
         self.say(" | ".join(fields))

@@ -166,11 +166,11 @@ RESUME_FREE = {"out", "resume", "steps", "threads", "eval_every", "eval_size", "
                "keep_last", "micro_batch_size"}
 
 
-def resume_run(cfg, out: Path, model, optimizer, d: Dist) -> dict:
-    """Restore the checkpoint `cfg.resume` names into model and optimizer, tidy the run folder for the steps
-    that follow it, and return the trainer state (step, cursor, ...)."""
+def resume_run(cfg, out: Path, model, optimizer, d: Dist, critic=None, critic_optimizer=None) -> dict:
+    """Restore the checkpoint `cfg.resume` names into model and optimizer (and the critic's), tidy the run folder
+    for the steps that follow it, and return the trainer state (step, cursor, ...)."""
     ck = resolve(cfg.resume, out)
-    state = load_checkpoint(ck, model, optimizer, d)
+    state = load_checkpoint(ck, model, optimizer, d, critic, critic_optimizer)
     if d.is_main:
         set_aside(out, state["step"])
         print(f"resumed from {ck} at step {state['step']}")
@@ -185,10 +185,14 @@ def resume_run(cfg, out: Path, model, optimizer, d: Dist) -> dict:
 
 
 def changed_settings(saved: dict, cfg) -> list:
-    """'name old -> new' for each setting that differs from the checkpoint's and changes the trajectory."""
+    """'name old -> new' for each setting that differs from the checkpoint's and changes the trajectory. More
+    --steps change nothing done so far, except where the lr schedule is planned over all the steps."""
     now = vars(cfg)
+    free = RESUME_FREE | {"config", "dry_run"}
+    if cfg.lr_schedule != "constant" or cfg.warmup_ratio:
+        free = free - {"steps"}
     return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(saved)
-            if k in now and k not in RESUME_FREE and saved[k] != now[k]]
+            if k in now and k not in free and saved[k] != now[k]]
 
 
 def set_aside(out, step):

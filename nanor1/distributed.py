@@ -121,6 +121,15 @@ def all_reduce(t: torch.Tensor, d: Dist, op="sum"):
     return t
 
 
+def all_gather(t: torch.Tensor, d: Dist):
+    """(W, *t.shape): every rank's tensor, in rank order; (1, *t.shape) in one process."""
+    if not d.enabled:
+        return t[None]
+    out = [torch.empty_like(t) for _ in range(d.world_size)]
+    dist.all_gather(out, t)
+    return torch.stack(out)
+
+
 def all_gather_objects(obj, d: Dist):
     """A list with every rank's `obj`, in rank order."""
     if not d.enabled:

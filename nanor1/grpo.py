@@ -282,8 +282,25 @@ def rloo_advantages(rewards, group_size: int):
     return torch.where(flat, 0.0, r - others).view(-1)
 
 
+def token_rewards(rewards, mask, kl=None, beta=0.0):
+    """rewards (B,): one per completion; mask (B, T); kl (B, T): a per-token KL estimate (kl_in_reward).
+    Returns r (B, T): the reward on each row's last valid token, minus beta * kl on every valid token."""
+    mask = mask.float()
+    B, T = mask.shape
+    has_token = mask.sum(1) > 0  # (B,) a row with no valid token gets no reward anywhere
+    last = T - 1 - mask.flip(1).argmax(1)  # (B,) index of each row's last valid token
+    r = torch.zeros(B, T, dtype=torch.float32, device=mask.device)
+    r[torch.arange(B, device=mask.device), last] = torch.where(has_token, rewards.float().to(mask.device), 0.0)
+    if beta > 0:
+        if kl is None:
+            raise ValueError("token_rewards: beta > 0 needs the per-token kl")
+        r = r - beta * kl.float() * mask
+    return r
+
+
+
 def reinforce_pp_advantages(token_rewards, mask, all_reduce=None):
-    """token_rewards, mask: (B, T) (token_rewards from nanor1.ppo.token_rewards, with the KL in it). Returns the
+    """token_rewards, mask: (B, T) (from token_rewards, with the KL in it). Returns the
     advantages (B, T): the reward-to-go of each valid token, whitened over the valid tokens of all ranks
     (all_reduce: see whiten)."""
     mask = mask.float()

@@ -62,24 +62,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from nanor1.distributed import all_reduce
+from nanor1.grpo import token_rewards, whiten
 from nanor1.model import Transformer
+from nanor1.step import micro_batches, optimiser_step
 from nanor1.weights import assign_weights, check_names, load_config, weight_files
-
-
-def token_rewards(rewards, mask, kl=None, beta=0.0):
-    """rewards (B,): one per completion; mask (B, T); kl (B, T): a per-token KL estimate (kl_in_reward).
-    Returns r (B, T): the reward on each row's last valid token, minus beta * kl on every valid token."""
-    mask = mask.float()
-    B, T = mask.shape
-    has_token = mask.sum(1) > 0  # (B,) a row with no valid token gets no reward anywhere
-    last = T - 1 - mask.flip(1).argmax(1)  # (B,) index of each row's last valid token
-    r = torch.zeros(B, T, dtype=torch.float32, device=mask.device)
-    r[torch.arange(B, device=mask.device), last] = torch.where(has_token, rewards.float().to(mask.device), 0.0)
-    if beta > 0:
-        if kl is None:
-            raise ValueError("token_rewards: beta > 0 needs the per-token kl")
-        r = r - beta * kl.float() * mask
-    return r
 
 
 @torch.no_grad()
@@ -227,3 +214,43 @@ def same_tokenizer(a, b):
     ta, tb = json.loads(fa.read_text()), json.loads(fb.read_text())
     key = lambda t: (t.get("model", {}).get("vocab"), [(x["id"], x["content"]) for x in t.get("added_tokens", [])])
     return key(ta) == key(tb)
+
+
+class CriticLearner:
+    """The critic as nanor1/step.py's update runs it: beside the policy, on the same mini- and micro-batches, with
+    its own AdamW at --critic_lr (constant, as veRL's). Its score-phase job is `advantages`: values, then GAE."""
+    prefix = "critic_"  # its metrics: critic_grad_norm, ...
+    counts_steps = False  # the run's opt_step (the policy's lr clock) does not move while only the critic trains
+
+    def __init__(self, critic, opt, run):
+        self.critic, self.opt, self.run = critic, opt, run
+
+    @torch.no_grad()
+    def advantages(self, run, batch, rewards, kl, sums):
+        """Per-token advantages (B, T), whitened over the step's tokens on all ranks; the values they were
+        computed with and the returns go into batch.extra for the value loss."""
+        cfg, mask, W = run.cfg, batch.mask, run.d.world_size
+        values = torch.zeros_like(mask)
+        for idx in micro_batches(batch, range(len(batch)), run.cfg):
+            mb = batch.select(idx)
+            with run.prec.autocast():
+                v = self.critic(mb.ids)  # (b, T)
+            values[torch.tensor(idx, device=mask.device), :v.shape[1]] = v
+        r = token_rewards(rewards, mask, kl, cfg.beta) if kl is not None else token_rewards(rewards, mask)
+        adv, returns = gae(r, values, mask, cfg.gamma, cfg.lam)
+        ranks = lambda t: all_reduce(t, run.d)  # noqa: E731
+        batch.extra.update(values=values * mask, returns=returns)
+        sums.add(explained_variance=explained_variance(values, returns, mask, ranks) / W,
+                 values_sum=(values * mask).sum(), returns_sum=(returns * mask).sum(), value_tokens=mask.sum())
+        return whiten(adv, mask, ranks)
+
+    def loss(self, mb, norms, budget):
+        with self.run.prec.autocast():
+            v = self.critic(mb.ids)  # (b, T) fp32 head
+        loss, st = value_loss(v, mb.extra["values"], mb.extra["returns"], mb.mask, self.run.cfg.value_clip,
+                              normalizer=norms[1])  # a token mean over the mini-batch, all ranks
+        n = mb.mask.sum()
+        return loss, {"value_loss": loss.detach(), "value_clip_frac": st["value_clip_frac"] * n, "critic_tokens": n}, {}
+
+    def step(self, lr):
+        return optimiser_step(self.critic, self.opt, self.run.cfg.critic_lr, self.run.cfg.grad_clip)

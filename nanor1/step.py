@@ -28,7 +28,8 @@ import torch
 
 from nanor1 import distributed
 from nanor1.data import deal, mix_seed
-from nanor1.grpo import group_advantages, policy_loss
+from nanor1.grpo import (LOG_RATIO_BOUND, group_advantages, overlong_penalty, policy_loss, reinforce_pp_advantages,
+                         rloo_advantages, token_rewards)
 from nanor1.rollout import generate
 
 
@@ -56,11 +57,13 @@ class Run:
     stream: object  # data.PromptStream over rows
     verifier: object  # verifier.Verifier
     stop: object  # rollout.Stop: EOS ids and the task's stop strings
+    eval_rows: list = field(default_factory=list)  # the held-out rows evaluated
+    length_schedule: list = field(default_factory=list)  # [(step, completion budget)] (schedule.py)
 
 
 # ----------------------------------------------------------------------------- collect
 
-def collect(run: Run, policy, step: int, cursor: int):
+def collect(run: Run, policy, step: int, cursor: int, budget=None):
     """This rank's rollout batch: a list of groups (each G samples), the samples of every group generated (for
     the metrics), and the new cursor. With dynamic sampling (DAPO), groups whose rewards are all equal carry
     no signal and are dropped; new prompts are drawn until every rank holds P / ranks groups or the
@@ -71,7 +74,7 @@ def collect(run: Run, policy, step: int, cursor: int):
     for rnd in range(1 + (cfg.max_refill_rounds if cfg.dynamic_sampling else 0)):
         ids = [run.stream[cursor + i] for i in range(d.rank * P_rank, (d.rank + 1) * P_rank)]
         cursor += cfg.prompts_per_step  # every rank advances the same global cursor
-        groups = rollout_groups(run, policy, ids, seed=mix_seed(cfg.seed, step, rnd, d.rank))
+        groups = rollout_groups(run, policy, ids, mix_seed(cfg.seed, step, rnd, d.rank), budget)
         generated += [s for g in groups for s in g]
         kept += [g for g in groups if not cfg.dynamic_sampling or len({s.reward for s in g}) > 1]
         full = torch.tensor(float(len(kept) >= P_rank))
@@ -85,11 +88,11 @@ def collect(run: Run, policy, step: int, cursor: int):
     return kept, generated, cursor
 
 
-def rollout_groups(run: Run, policy, row_ids, seed):
+def rollout_groups(run: Run, policy, row_ids, seed, budget=None):
     """G completions for each of the rows, scored by the task's reward in the verifier process."""
     cfg, G = run.cfg, run.cfg.group_size
     with distributed.gathered(policy), run.prec.autocast():
-        res = generate(policy, [run.prompts[i] for i in row_ids], cfg.max_completion_len, cfg.temperature,
+        res = generate(policy, [run.prompts[i] for i in row_ids], budget or cfg.max_completion_len, cfg.temperature,
                        cfg.top_k, cfg.top_p, n=G, seed=seed, stop=run.stop)
     texts = run.tok.decode_batch(res.tokens)
     rewards = run.verifier.score(texts, [run.rows[i] for i in row_ids for _ in range(G)])
@@ -168,20 +171,53 @@ def pack(samples, device, mask_truncated=False) -> Batch:
 
 # ----------------------------------------------------------------------------- score
 
-def score(run: Run, groups, policy, ref):
-    """Advantages from the rewards, and the log-probs every later pass compares against, taken before any
-    update. Returns (batch, sums): the policy's entropy and sampler mismatch when this pass measured them."""
+def score(run: Run, groups, policy, ref, critic=None, budget=None):
+    """Advantages from the rewards, and the log-probs every later pass compares against, all taken before any
+    update. Returns (batch, sums): sums holds what this pass measured (entropy and sampler mismatch when it
+    ran the policy, the advantage statistics). `budget`: this step's completion budget (dr_grpo, overlong)."""
     cfg, sums = run.cfg, Sums()
     batch = pack([s for g in groups for s in g], run.d.device, cfg.mask_truncated)
-    if not len(batch.rewards):
-        return batch, sums
-    adv = group_advantages(batch.rewards, cfg.group_size, scale=cfg.scale_rewards)  # (B,) one per completion
-    batch.advantages = adv.to(batch.mask.device)[:, None] * batch.mask  # (B, T) shared by its tokens
-    if not one_pass(cfg, len(batch), run.d.world_size):
+    kl_in_reward = cfg.beta > 0 and (cfg.kl_in_reward or cfg.algo == "reinforce_pp")
+    if not one_pass(cfg, len(batch), run.d.world_size) or kl_in_reward:
         batch.old_logp = logprobs(run, policy, batch, sums)
     if ref is not None:
         batch.ref_logp = logprobs(run, ref, batch)
+    rewards = batch.rewards.clone()  # the task's rewards stay in batch.rewards (accuracy reads them)
+    if cfg.overlong_buffer:  # DAPO's soft overlong punishment shapes the reward the advantage sees
+        penalty = overlong_penalty(batch.lengths - batch.prompt_lens, budget or cfg.max_completion_len,
+                                   cfg.overlong_buffer, cfg.overlong_penalty)
+        rewards += penalty
+        sums.add(overlong_penalty=-penalty.sum())
+    kl = kl_tokens(batch, cfg.kl_estimator) if kl_in_reward else None
+    batch.advantages = advantages(run, batch, rewards.to(batch.mask.device), kl, critic, sums)
     return batch, sums
+
+
+def advantages(run: Run, batch: Batch, rewards, kl, critic, sums):
+    """(B, T) per-token advantages of --algo (nanor1/grpo.py's table; ppo: nanor1/ppo.py)."""
+    cfg, mask = run.cfg, batch.mask
+    ranks = lambda t: distributed.all_reduce(t, run.d)  # noqa: E731  (statistics over every rank's batch)
+    if cfg.algo == "ppo":
+        return critic.advantages(run, batch, rewards, kl, sums)
+    if cfg.algo == "reinforce_pp":
+        return reinforce_pp_advantages(token_rewards(rewards, mask, kl, cfg.beta), mask, ranks)
+    if cfg.algo == "rloo":
+        return rloo_advantages(rewards, cfg.group_size)[:, None] * mask
+    adv, st = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards, all_reduce=ranks,
+                               return_stats=True)  # (B,) one per completion
+    sums.add(reward_std=st["reward_std"] / run.d.world_size, zero_adv_frac=st["zero_adv_frac"] / run.d.world_size)
+    return adv[:, None] * mask  # (B, T) shared by its tokens
+
+
+def kl_tokens(batch: Batch, estimator):
+    """(B, T) per-token KL of the sampling policy from the reference, for a KL that goes into the reward."""
+    d = torch.clamp(batch.ref_logp - batch.old_logp, -LOG_RATIO_BOUND, LOG_RATIO_BOUND) * batch.mask
+    if estimator == "k1":
+        return -d
+    if estimator == "k2":
+        return 0.5 * d * d
+    k3 = torch.exp(d) - d - 1
+    return k3.clamp(max=10.0) if estimator == "low_var_kl" else k3
 
 
 def one_pass(cfg, n_rows, world_size):
@@ -195,7 +231,7 @@ def logprobs(run: Run, model, batch: Batch, sums=None):
     """(B, T) log-probs of the completion tokens under `model`, micro-batch by micro-batch. With `sums`, also
     the entropy and sampler mismatch of the model (the policy that sampled)."""
     out = torch.zeros_like(batch.mask)
-    for idx in micro_batches(range(len(batch)), run.cfg.micro_batch_size):
+    for idx in micro_batches(batch, range(len(batch)), run.cfg):
         mb = batch.select(idx)
         with run.prec.autocast():
             logp, entropy = model(mb.ids, targets=mb.targets, temperature=run.cfg.temperature,
@@ -224,57 +260,91 @@ def n_mini(cfg, n_rows_rank, world_size):
     return max(1, min(n_rows_rank, math.ceil(n_rows_rank * world_size / cfg.mini_batch_size)))
 
 
-def micro_batches(rows, size):
+def micro_batches(batch: Batch, rows, cfg):
+    """Split `rows` into micro-batches of at most --micro_batch_size rows and, with --micro_batch_tokens, at
+    most that many padded tokens (rows x the longest row). Rows are taken longest first, so rows of a size
+    share a micro-batch and little is padding; the normalisers are step-wide, so the split never changes the
+    update, only memory and speed."""
     rows = list(rows)
-    return [rows[i:i + size] for i in range(0, len(rows), size)]
+    if cfg.micro_batch_tokens:
+        rows.sort(key=lambda r: -int(batch.lengths[r]))
+    out, cur, longest = [], [], 0
+    for r in rows:
+        n = int(batch.lengths[r]) - 1
+        too_many = len(cur) == cfg.micro_batch_size
+        too_long = cfg.micro_batch_tokens and (len(cur) + 1) * max(longest, n) > cfg.micro_batch_tokens
+        if cur and (too_many or too_long):
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(r)
+        longest = max(longest, n)
+    return out + ([cur] if cur else [])
 
 
 class Sums:
-    """Named running sums (floats or device tensors), reduced over ranks by name in one collective, with one
-    device-to-host copy: nothing inside the update waits for the GPU to report a number."""
+    """Named statistics of this rank (floats or device tensors): running sums, and maxima. `reduce` combines
+    every rank's by name in one collective (an all-gather of one vector), with one device-to-host copy:
+    nothing inside the update waits for the GPU to report a number."""
 
     def __init__(self):
-        self.values = {}
+        self.sums, self.maxes = {}, {}
 
     def add(self, **named):
         for k, v in named.items():
-            self.values[k] = self.values.get(k, 0.0) + (v.detach().double() if torch.is_tensor(v) else float(v))
+            self.sums[k] = self.sums.get(k, 0.0) + (v.detach().double() if torch.is_tensor(v) else float(v))
+
+    def max(self, **named):
+        for k, v in named.items():
+            v = v.detach().double() if torch.is_tensor(v) else float(v)
+            self.maxes[k] = v if k not in self.maxes else torch.maximum(torch.as_tensor(self.maxes[k]),
+                                                                       torch.as_tensor(v))
 
     def reduce(self, d) -> dict:
-        keys = sorted(self.values)  # every rank adds the same names, so the order agrees
-        if not keys:
+        keys = sorted(self.sums), sorted(self.maxes)  # every rank adds the same names, so the order agrees
+        vals = [self.sums[k] for k in keys[0]] + [self.maxes[k] for k in keys[1]]
+        if not vals:
             return {}
-        vals = [self.values[k] for k in keys]
         dev = next((v.device for v in vals if torch.is_tensor(v)), torch.device("cpu"))
         flat = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=dev).reshape(()) for v in vals]).cpu()
-        return dict(zip(keys, distributed.all_reduce(flat, d).tolist()))
+        every = distributed.all_gather(flat, d)  # (W, K)
+        n = len(keys[0])
+        return {**dict(zip(keys[0], every[:, :n].sum(0).tolist())), **dict(zip(keys[1], every[:, n:].amax(0).tolist()))}
 
 
 class PolicyLearner:
-    """The policy: the clipped surrogate of nanor1/grpo.py (plus KL) on its fused log-probs, AdamW on fp32 masters."""
+    """The policy: the clipped surrogate of nanor1/grpo.py (plus the KL and entropy terms) on its fused log-probs,
+    AdamW on fp32 masters."""
+    prefix = ""  # metric names: the policy's are plain (grad_norm), the critic's read critic_grad_norm
+    counts_steps = True  # its optimiser steps are the run's opt_step (the lr schedule's clock)
 
     def __init__(self, model, opt, run: Run):
         self.model, self.opt, self.run = model, opt, run
 
-    prefix = ""  # metric names: the policy's are plain (grad_norm), a critic's would read critic_grad_norm
-
-    def loss(self, mb: Batch, norm):
+    def loss(self, mb: Batch, norms, budget):
         cfg = self.run.cfg
         with self.run.prec.autocast():
             logp, entropy = self.model(mb.ids, targets=mb.targets, temperature=cfg.temperature,
                                        positions=mb.positions())  # (b, T) each, 0 off the completion tokens
         old = mb.old_logp if mb.old_logp is not None else logp.detach()
         sums = policy_stats(logp, entropy, mb) if mb.old_logp is None else {}  # this forward is the sampler's
-        loss, st = policy_loss(logp, old, mb.advantages, mb.mask, cfg.loss_type, cfg.clip_low, cfg.clip_high,
-                               mb.ref_logp, cfg.beta, max_len=cfg.max_completion_len, normalizer=norm)
+        kl_in_loss = cfg.beta > 0 and not (cfg.kl_in_reward or cfg.algo == "reinforce_pp")
+        loss, st = policy_loss(
+            logp, old, mb.advantages, mb.mask, cfg.loss_type, cfg.clip_low, cfg.clip_high, mb.ref_logp,
+            cfg.beta if kl_in_loss else 0.0, max_len=budget, normalizer=norms[cfg.loss_type == "dapo"],
+            entropy=entropy if cfg.entropy_coef else None, entropy_coef=cfg.entropy_coef,
+            clip_ratio_c=cfg.clip_ratio_c or None, ratio_level=cfg.ratio_level, kl_estimator=cfg.kl_estimator,
+            sampler_logp=mb.sampler_logp if cfg.tis_cap else None, tis_cap=cfg.tis_cap or None)
         n = mb.mask.sum()
-        sums.update(loss=loss.detach(), tokens=n, clip_frac=(st["clip_frac_low"] + st["clip_frac_high"]) * n)
-        if cfg.beta > 0:
-            sums["kl"] = st["kl"] * n
-        return loss, sums
+        sums.update(loss=loss.detach(), tokens=n, **{k: st[k] * n for k in TOKEN_STATS if k in st})
+        return loss, sums, {"ratio_max": st["ratio_max"]}
 
     def step(self, lr):
         return optimiser_step(self.model, self.opt, lr, self.run.cfg.grad_clip)
+
+
+# policy_loss statistics that are means over a micro-batch's loss tokens: summed token-weighted over the step
+TOKEN_STATS = ("clip_frac_low", "clip_frac_high", "ratio_mean", "kl", "dual_clip_frac", "tis_weight_mean",
+               "tis_capped_frac")
 
 
 def optimiser_step(model, opt, lr, grad_clip):
@@ -293,9 +363,9 @@ def optimiser_step(model, opt, lr, grad_clip):
     return norm.detach(), finite
 
 
-def update(run: Run, batch: Batch, learners, opt_step: int, lr_at, sums):
+def update(run: Run, batch: Batch, learners, opt_step: int, lr_at, sums, budget=None):
     """mu passes over the batch, one optimiser step per mini-batch for every learner; statistics go into `sums`
-    (this rank's). Returns the new optimiser step count. `lr_at(opt_step)` gives the learning rate."""
+    (this rank's). Returns the new optimiser step count. `lr_at(opt_step)` gives the policy's learning rate."""
     cfg, d = run.cfg, run.d
     if not len(batch):  # nothing kept on any rank (all ranks hold equal counts): no step at all
         return opt_step
@@ -304,25 +374,24 @@ def update(run: Run, batch: Batch, learners, opt_step: int, lr_at, sums):
     norms = normalisers(run, batch, minis)
     for _ in range(cfg.mu):
         for mini, norm in zip(minis, norms):
-            for idx in micro_batches(mini, cfg.micro_batch_size):
+            for idx in micro_batches(batch, mini, cfg):
                 mb = batch.select(idx)
                 for learner in learners:
-                    loss, stats = learner.loss(mb, norm)
+                    loss, stats, maxes = learner.loss(mb, norm, budget or cfg.max_completion_len)
                     (loss * d.world_size).backward()  # undoes FSDP's mean over ranks (module docstring)
                     sums.add(**stats)
+                    sums.max(**maxes)
             for learner in learners:
                 gnorm, ok = learner.step(lr_at(opt_step))
                 p = learner.prefix
                 sums.add(**{p + "grad_norm": gnorm, p + "skipped_steps": not ok, p + "opt_steps": 1.0})
-            opt_step += 1
+            opt_step += any(learner.counts_steps for learner in learners)
     return opt_step
 
 
 def normalisers(run: Run, batch: Batch, minis):
-    """Each mini-batch's loss denominator over all ranks: sequences (grpo, dr_grpo) or loss tokens (dapo).
-    One collective for all of them, from host-side counts."""
-    if run.cfg.loss_type == "dapo":
-        local = [float(batch.loss_tokens[m].sum()) for m in minis]
-    else:
-        local = [float(len(m)) for m in minis]
-    return distributed.all_reduce(torch.tensor(local, dtype=torch.float64), run.d).clamp(min=1).tolist()
+    """Each mini-batch's loss denominators over all ranks: (sequences, loss tokens). grpo and dr_grpo divide by
+    the first, dapo and the critic's value loss by the second. One collective for all, from host-side counts."""
+    local = [[float(len(m)), float(batch.loss_tokens[m].sum())] for m in minis]
+    total = distributed.all_reduce(torch.tensor(local, dtype=torch.float64), run.d).clamp(min=1)
+    return total.tolist()  # [(sequences, tokens)] per mini-batch

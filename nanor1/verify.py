@@ -218,6 +218,22 @@ def math_equal(pred, gold, _depth=0):
     return False
 
 
+def answers_match(pred, gold, grader="builtin"):
+    """`pred` equals `gold` by `grader`: builtin (math_equal) or math_verify (the optional math-verify package,
+    Hugging Face's symbolic grader: pip install math-verify)."""
+    if grader == "builtin":
+        return math_equal(pred, gold)
+    if grader != "math_verify":
+        raise ValueError(f"grader must be builtin or math_verify, got {grader!r}")
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        raise ValueError("--grader math_verify needs the math-verify package: pip install math-verify") from None
+    if pred is None or gold is None or len(pred) > MAX_ANSWER_CHARS:
+        return False
+    return bool(verify(parse(f"${gold}$"), parse(f"${pred}$")))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bounded arithmetic, for countdown equations (TinyZero passes them to `eval` after a character whitelist)
 

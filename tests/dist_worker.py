@@ -132,7 +132,7 @@ def main():
     elif mode == "deal":
         G = 4
 
-        def fake_groups(run, policy, row_ids, seed):  # rank 1's groups are all flat
+        def fake_groups(run, policy, row_ids, seed, budget=None):  # rank 1's groups are all flat
             return [[rl.Sample(prompt=[1, 2, 3], completion=[d.rank, r], sampler_logp=[0.0, 0.0], truncated=False,
                                reward=float(d.rank == 0 and j % 2), text="") for j in range(G)] for r in row_ids]
         rl.rollout_groups = fake_groups

@@ -69,7 +69,7 @@ def train_step(run, model, ref, opt, groups, opt_step=0):
     """score + update, as train.py's loop runs them; returns the reduced sums."""
     learners = [rl.PolicyLearner(model, opt, run)]
     batch, sums = rl.score(run, groups, model, ref)
-    rl.update(run, batch, learners, opt_step, lambda s: train.lr_at(run.cfg, s), sums)
+    rl.update(run, batch, learners, opt_step, train.schedule_of(run.cfg, run.d), sums)
     return sums.reduce(run.d)
 
 
@@ -146,7 +146,7 @@ def test_bad_config_is_one_clear_error(argv, msg):
 def test_config_parses_types_and_flags():
     cfg = parse_args(["--steps", "3", "--lr", "1e-5", "--dynamic_sampling", "--scale_rewards", "false",
                       "--resume"])
-    assert (cfg.steps, cfg.lr, cfg.dynamic_sampling, cfg.scale_rewards, cfg.resume) == (3, 1e-5, True, False,
+    assert (cfg.steps, cfg.lr, cfg.dynamic_sampling, cfg.scale_rewards, cfg.resume) == (3, 1e-5, True, "none",
                                                                                         "latest")
 
 

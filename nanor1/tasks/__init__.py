@@ -51,14 +51,19 @@ of this package, and one entry in `TASKS` below: the registry is that list, noth
 from nanor1.tasks.arithmetic import Arithmetic
 from nanor1.tasks.base import DATA_DIR, Task, read_jsonl  # noqa: F401  (the package's interface)
 from nanor1.tasks.countdown import Countdown
+from nanor1.tasks.jsonl import JsonlTask, RewardFn
 from nanor1.tasks.mathqa import AIME24, AMC23, GSM8K, MATH, MATH500
 from nanor1.tasks.multiplication import Multiplication
 
-TASKS = {cls.name: cls for cls in (Arithmetic, Countdown, Multiplication, GSM8K, MATH, MATH500, AIME24, AMC23)}
+TASKS = {cls.name: cls for cls in (Arithmetic, Countdown, Multiplication, GSM8K, MATH, MATH500, AIME24, AMC23,
+                                   JsonlTask)}
 
 
-def get_task(name, template=None, data_dir=None):
-    """The task registered as `name`, with `template` (None: the task's default) and data under `data_dir`."""
+def get_task(name, template=None, data_dir=None, grader="builtin", reward_fn="", **jsonl):
+    """The task registered as `name`, with `template` (None: the task's default), data under `data_dir`, answers
+    compared by `grader`; `jsonl` options (data, eval_data, answer_key, reward) go to --task jsonl. With
+    `reward_fn` ("file.py:function") the task's reward is replaced by that function."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name](template=template, data_dir=data_dir)
+    task = TASKS[name](template=template, data_dir=data_dir, grader=grader, **(jsonl if name == "jsonl" else {}))
+    return RewardFn(task, reward_fn) if reward_fn else task

@@ -2,6 +2,8 @@
 import json
 import os
 
+from nanor1.verify import answers_match
+
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
 
 
@@ -34,12 +36,13 @@ class Task:
     eval_splits = ("test",)  # the first is the default
     completion_len = 1024  # sample.py's default generation budget on this task
 
-    def __init__(self, template=None, data_dir=None):
+    def __init__(self, template=None, data_dir=None, grader="builtin"):
         template = template or self.templates[0]
         if template not in self.templates:
             raise ValueError(f"task {self.name!r} has no template {template!r}; choose from {self.templates}")
         self.template = template
         self.data_dir = data_dir or DATA_DIR
+        self.grader = grader  # how answers_match compares: builtin (nanor1/verify.py) or math_verify
         self._rows = {}  # split -> rows, loaded on first use
 
     def __getstate__(self):  # the verifier worker gets the task without its loaded rows
@@ -82,4 +85,8 @@ class Task:
 
     def is_correct(self, reward):
         return reward == 1.0
+
+    def answers_match(self, pred, gold):
+        """Whether the extracted answer `pred` equals `gold`, by this task's grader."""
+        return answers_match(pred, gold, self.grader)
 

@@ -3,7 +3,7 @@ import os
 import re
 
 from nanor1.tasks.base import Task, read_jsonl
-from nanor1.verify import last_boxed, last_number, last_tag_block, math_equal
+from nanor1.verify import last_boxed, last_number, last_tag_block
 
 
 # The R1-Zero template (DeepSeek-R1 paper, Table 1), with the question in place of "prompt".
@@ -53,7 +53,7 @@ class GSM8K(_QATask):
 
     def reward(self, completion, row):
         pred = self.extract(completion, row)
-        return 1.0 if pred is not None and math_equal(pred, row["gold"]) else 0.0
+        return 1.0 if pred is not None and self.answers_match(pred, row["gold"]) else 0.0
 
 
 # split -> (file under data/, key of the problem text)
@@ -62,7 +62,7 @@ MATH_FILES = {"train": ("math_train/train.jsonl", "problem"), "math500": ("math5
 
 
 class MATH(_QATask):
-    """Competition math, answers in LaTeX; compared by `math_equal` (normalised strings, then exact numbers)."""
+    """Competition math, answers in LaTeX; compared by the grader (builtin: verify.math_equal, normalised strings then exact numbers)."""
 
     name = "math"
     eval_splits = ("math500", "aime24", "amc23")
@@ -88,7 +88,7 @@ class MATH(_QATask):
         return block
 
     def reward(self, completion, row):
-        return 1.0 if math_equal(self.extract(completion, row), row["gold"]) else 0.0
+        return 1.0 if self.answers_match(self.extract(completion, row), row["gold"]) else 0.0
 
 
 class MATH500(MATH):
