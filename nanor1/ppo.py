@@ -23,7 +23,11 @@ ranks (mean and unbiased variance, as veRL's masked_whiten; nanor1.grpo.whiten, 
 
     A_t <- (A_t - mean(A)) / sqrt(var(A) + 1e-8)
 
-and go into grpo.policy_loss as per-token advantages. The critic regresses on R_t with a clipped loss (veRL
+and go into grpo.policy_loss as per-token advantages. Whitening removes any constant: a critic that predicts
+the same value c everywhere (the fresh zero head, or one that has learnt only the mean reward) gives
+A_t = R - c before whitening and exactly REINFORCE++'s whitened returns after it (without KL: the whitened final
+reward). Only what the critic predicts *differently* for different prefixes changes the update; the explained
+variance below measures that part. The critic regresses on R_t with a clipped loss (veRL
 compute_value_loss, after TRL and OpenAI baselines' PPO2): the new value may not move further than value_clip
 from the value that produced the returns without paying for it,
 
