@@ -116,8 +116,9 @@ def plot(names, out, png):
             clock[r["step"]] = t
         steps = [r["step"] for r in train]
         axes[0, 0].plot([e["step"] for e in evals], [e["eval_accuracy"] for e in evals], "o-", ms=3, label=name)
+        load = json.loads((Path(out) / name / "compare.json").read_text())  # the other jobs' share of the CPU
         axes[0, 1].plot([clock[e["step"]] / 60 for e in evals], [e["eval_accuracy"] for e in evals], "o-", ms=3,
-                        label=name)
+                        label=f"{name} (load {load['load_start']:.0f} -> {load['load_end']:.0f})")
         axes[0, 2].plot(steps, smooth([r["reward"] for r in train]), lw=1, label=name)
         axes[1, 0].plot(steps, smooth([r["response_length"] for r in train]), lw=1, label=name)
         ent = [r for r in train if "entropy" in r]  # (not logged in PPO's critic warm-up steps)
@@ -125,7 +126,7 @@ def plot(names, out, png):
         if any("explained_variance" in r for r in train):
             axes[1, 2].plot(steps, [r["explained_variance"] for r in train], lw=1, label=name)
     titles = [("held-out greedy pass@1 (200 problems)", "step"),
-              ("held-out greedy pass@1", "training time, min (rollout + update; shared CPU)"),
+              ("held-out greedy pass@1 against time: grows with the machine's load", "training time, min (rollout + update)"),
               ("mean reward of the rollouts (5-step mean)", "step"), ("completion length, tokens (5-step mean)", "step"),
               ("entropy, nats / token (5-step mean)", "step"), ("critic: explained variance (ppo)", "step")]
     for ax, (title, xlabel) in zip(axes.flat, titles):
