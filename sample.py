@@ -4,10 +4,16 @@
     python sample.py --model DIR --prompt "1+1=" --max_new_tokens 32 --temperature 0.7
     python sample.py --model DIR --chat --prompt "What is 2+3?"      ChatML, through the tokenizer
     python sample.py --model DIR --task math500 --eval --num_samples 8 --temperature 0.6 --limit 100
+    python sample.py --model DIR --task arithmetic --num_samples 4 --save traces.jsonl --only_correct
     python sample.py --help                            every option with its one-line help
 
 --eval prints pass@1 (greedy, or the mean over samples) and the unbiased pass@k for k up to --num_samples, and
 writes one JSON line per problem (completions, rewards) to --out.
+
+--save samples --num_samples completions per problem of --split (default: the train split) at --temperature
+(default 1), scores them with the task's reward and writes one JSON line per completion, an SFT row for
+`train.py --algo sft --data FILE` (nanor1/sft.py): {"prompt", "completion", "reward", "id" (the task's row id)}.
+With --only_correct only the correct ones are kept: the rejection sampling that builds R1's distillation data.
 """
 import json
 import os
@@ -46,6 +52,8 @@ def main(argv=None):
     budget = cfg.max_new_tokens or task.completion_len
     if cfg.eval:
         return run_eval(cfg, path, model, tok, task, prec, budget)
+    if cfg.save:
+        return save_traces(cfg, path, model, tok, task, prec, budget)
     temperature = 1.0 if cfg.temperature < 0 else cfg.temperature
     text = cfg.prompt
     if not text:  # show the model on a problem of its task
@@ -100,6 +108,33 @@ def run_eval(cfg, path, model, tok, task, prec, budget):
           f"{summary['samples_per_problem']} samples, T={temperature}, {budget} new tokens | {ks} | "
           f"{time.time() - t0:.1f}s | model {path} | per-problem: {out}")
     return summary
+
+
+def save_traces(cfg, path, model, tok, task, prec, budget):
+    """--save: sampled completions of the split's problems as SFT rows (the module docstring)."""
+    split = cfg.split or "train"
+    rows = task.train_rows() if split == "train" else task.eval_rows(split)
+    rows = rows[:cfg.limit] if cfg.limit else rows
+    temperature = 1.0 if cfg.temperature < 0 else cfg.temperature
+    out = Path(cfg.save)
+    if out.is_dir():
+        raise ValueError(f"--save {out} is a folder: --save writes one JSON-lines file")
+    t0 = time.time()
+    with Verifier(task) as verifier:
+        summary, records = evaluate(model, tok, task, rows, verifier, prec, budget, num_samples=cfg.num_samples,
+                                    temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                    batch_size=cfg.batch_size, seed=cfg.seed)
+    traces = [{"prompt": task.prompt(row, tok), "completion": c, "reward": x, "id": row["id"]}
+              for r in records for row in [rows[r["index"]]] for c, x in zip(r["completions"], r["rewards"])]
+    kept = [t for t in traces if task.is_correct(t["reward"]) or not cfg.only_correct]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for t in kept:
+            f.write(json.dumps(t) + "\n")
+    print(f"{task.name} ({split}): {summary['problems']} problems x {summary['samples_per_problem']} samples, "
+          f"T={temperature} | {sum(task.is_correct(t['reward']) for t in traces)} of {len(traces)} correct | wrote "
+          f"{len(kept)}{' correct' if cfg.only_correct else ''} to {out} | {time.time() - t0:.1f}s | model {path}")
+    return kept
 
 
 if __name__ == "__main__":

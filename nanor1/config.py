@@ -45,7 +45,7 @@ class TrainConfig:
     # --- what to train, and where
     algo: str = "grpo"  # grpo, ppo (a learned critic, GAE), rloo, reinforce_pp (REINFORCE++), sft (supervised, --data)
     model: str = "data/tiny"  # HF-layout model folder (config.json, model.safetensors, tokenizer files)
-    task: str = "arithmetic"  # task (nanor1/tasks/): arithmetic, countdown, multiplication, gsm8k, math, ..., jsonl
+    task: str = ""  # task (nanor1/tasks/): arithmetic, countdown, gsm8k, math, ..., jsonl ("" = arithmetic; sft: none)
     template: str = ""  # prompt template of the task ("" = the task's default: base or instruct)
     data: str = ""  # a JSONL file: the rows of --task jsonl, or the examples of --algo sft
     eval_data: str = ""  # a JSONL file held out for evaluation (--task jsonl, --algo sft)
@@ -62,7 +62,7 @@ class TrainConfig:
     threads: int = 2  # torch CPU threads (0 = torch's default); fixed so CPU runs are reproducible
     precision: str = "auto"  # compute dtype: auto (bf16 on CUDA, fp32 on the CPU), bf16, fp32 (nanor1/precision.py)
     # --- rollouts
-    prompts_per_step: int = 32  # P: prompts per step (over all ranks)
+    prompts_per_step: int = 32  # P: prompts per step, over all ranks (sft: examples per optimiser step)
     group_size: int = 8  # G: completions per prompt
     max_prompt_len: int = 0  # prompt budget in tokens (0 = the split's longest prompt); longer ones: see drop_long
     drop_long: bool = False  # leave out prompts (SFT: rows) that do not fit, with a count (else: one clear error)
@@ -137,6 +137,10 @@ class TrainConfig:
         _one_of(self, algo=ALGOS, loss_type=LOSS_TYPES, precision=PRECISIONS, scale_rewards=SCALES,
                 ratio_level=RATIO_LEVELS, kl_estimator=KL_ESTIMATORS, lr_schedule=LR_SCHEDULES, reward=REWARDS,
                 grader=GRADERS)
+        if self.algo == "sft":
+            _check_sft(self)
+        elif not self.task:
+            self.task = "arithmetic"  # the demo's task; sft without --task evaluates no task
         if self.group_size < 2 and self.algo in ("grpo", "rloo"):
             raise ValueError(f"--group_size must be >= 2 for --algo {self.algo}: its advantage compares the "
                              "completions of a group")
@@ -171,6 +175,18 @@ class TrainConfig:
 
 
 ALGOS = ("grpo", "ppo", "rloo", "reinforce_pp", "sft")
+
+
+def _check_sft(cfg):
+    """--algo sft reads examples from --data and takes one optimiser step per --prompts_per_step of them."""
+    if not cfg.data:
+        raise ValueError("--algo sft needs --data FILE.jsonl (rows {\"prompt\", \"completion\"} or {\"messages\"})")
+    if cfg.mu != 1 or cfg.mini_batch_size:
+        raise ValueError("--mu and --mini_batch_size are RL options: --algo sft takes one optimiser step per "
+                         "--prompts_per_step examples")
+    if cfg.task == "jsonl":
+        raise ValueError("--task jsonl reads its rows from --data, which --algo sft uses for its examples: give "
+                         "the held-out accuracy a built-in task, or leave --task out")
 REWARDS = ("math", "number", "exact", "countdown")
 GRADERS = ("builtin", "math_verify")
 
@@ -182,8 +198,10 @@ class SampleConfig:
     chat: bool = False  # wrap --prompt in the ChatML template
     task: str = "arithmetic"  # task for --eval and for the default prompt
     template: str = ""  # the task's prompt template ("" = its default: base or instruct)
-    split: str = ""  # evaluation split of --task ("" = its first)
+    split: str = ""  # split of --task: --eval's ("" = its first eval split), --save's ("" = train)
     eval: bool = False  # evaluate on --task instead of sampling one prompt
+    save: str = ""  # write --num_samples completions per problem of --split to this JSONL as SFT rows
+    only_correct: bool = False  # --save: keep only the completions the task's reward calls correct (rejection sampling)
     limit: int = 0  # evaluate only the first N problems (0 = all)
     out: str = ""  # per-problem JSON lines of --eval ("" = out/eval-TASK-TIME.jsonl)
     max_new_tokens: int = 0  # generation budget (0 = the task's: 64 on arithmetic, 1024 on the real tasks)
@@ -205,6 +223,10 @@ class SampleConfig:
             raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}")
         if self.temperature < 0 and self.temperature != -1.0:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.save and (self.eval or self.prompt):
+            raise ValueError("--save samples the problems of --task: it does not combine with --eval or --prompt")
+        if self.only_correct and not self.save:
+            raise ValueError("--only_correct filters what --save writes: give --save FILE.jsonl")
 
 
 PRECISIONS = ("auto", "bf16", "fp32")

@@ -231,7 +231,7 @@ class CriticLearner:
         computed with and the returns go into batch.extra for the value loss."""
         cfg, mask, W = run.cfg, batch.mask, run.d.world_size
         values = torch.zeros_like(mask)
-        for idx in micro_batches(batch, range(len(batch)), run.cfg):
+        for idx in micro_batches(batch, range(len(batch)), run.cfg, run.d):
             mb = batch.select(idx)
             with run.prec.autocast():
                 v = self.critic(mb.ids)  # (b, T)

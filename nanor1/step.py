@@ -231,7 +231,7 @@ def logprobs(run: Run, model, batch: Batch, sums=None):
     """(B, T) log-probs of the completion tokens under `model`, micro-batch by micro-batch. With `sums`, also
     the entropy and sampler mismatch of the model (the policy that sampled)."""
     out = torch.zeros_like(batch.mask)
-    for idx in micro_batches(batch, range(len(batch)), run.cfg):
+    for idx in micro_batches(batch, range(len(batch)), run.cfg, run.d):
         mb = batch.select(idx)
         with run.prec.autocast():
             logp, entropy = model(mb.ids, targets=mb.targets, temperature=run.cfg.temperature,
@@ -260,11 +260,12 @@ def n_mini(cfg, n_rows_rank, world_size):
     return max(1, min(n_rows_rank, math.ceil(n_rows_rank * world_size / cfg.mini_batch_size)))
 
 
-def micro_batches(batch: Batch, rows, cfg):
+def micro_batches(batch: Batch, rows, cfg, d=None):
     """Split `rows` into micro-batches of at most --micro_batch_size rows and, with --micro_batch_tokens, at
     most that many padded tokens (rows x the longest row). Rows are taken longest first, so rows of a size
     share a micro-batch and little is padding; the normalisers are step-wide, so the split never changes the
-    update, only memory and speed."""
+    update, only memory and speed. With `d` (several ranks), every rank gets as many micro-batches as the
+    rank with the most (same_count)."""
     rows = list(rows)
     if cfg.micro_batch_tokens:
         rows.sort(key=lambda r: -int(batch.lengths[r]))
@@ -278,7 +279,24 @@ def micro_batches(batch: Batch, rows, cfg):
             cur, longest = [], 0
         cur.append(r)
         longest = max(longest, n)
-    return out + ([cur] if cur else [])
+    out += [cur] if cur else []
+    return same_count(out, d) if d is not None and d.enabled else out
+
+
+def same_count(mbs, d):
+    """Under FSDP each forward gathers the weights in a collective, so every rank must run as many micro-batches
+    as the others: a token budget over ragged rows gives one rank 3 and another 2, and the first would wait
+    forever. A rank with fewer halves its micro-batch of most rows until the counts agree (every rank holds
+    as many rows, so it always can); the rows, hence the update, are the same."""
+    most = int(distributed.all_reduce(torch.tensor([len(mbs)]), d, "max").item())
+    while len(mbs) < most:
+        i = max(range(len(mbs)), key=lambda j: len(mbs[j]))
+        if len(mbs[i]) < 2:
+            raise RuntimeError(f"rank {d.rank}: {len(mbs)} micro-batches of one row cannot become {most}: the ranks "
+                               "hold different numbers of rows")
+        half = len(mbs[i]) // 2
+        mbs[i:i + 1] = [mbs[i][:half], mbs[i][half:]]
+    return mbs
 
 
 class Sums:
@@ -374,7 +392,7 @@ def update(run: Run, batch: Batch, learners, opt_step: int, lr_at, sums, budget=
     norms = normalisers(run, batch, minis)
     for _ in range(cfg.mu):
         for mini, norm in zip(minis, norms):
-            for idx in micro_batches(batch, mini, cfg):
+            for idx in micro_batches(batch, mini, cfg, d):
                 mb = batch.select(idx)
                 for learner in learners:
                     loss, stats, maxes = learner.loss(mb, norm, budget or cfg.max_completion_len)

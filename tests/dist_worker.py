@@ -4,7 +4,8 @@ MODE: step (one SGD step on a fixed batch per STEP_VARIANTS entry; grpo_clip cli
             grpo_ckpt is grpo with gradient checkpointing),
       rollout (ranks decode different numbers of steps),
       ckpt (a 2-rank checkpoint plus the logits of the sharded model),
-      deal (dynamic sampling where only rank 0 finds informative groups: both ranks train on an equal share)."""
+      deal (dynamic sampling where only rank 0 finds informative groups: both ranks train on an equal share),
+      sft (one SGD step of nanor1/sft.py's learner on ragged rows with a token budget)."""
 import os
 import sys
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from nanor1 import distributed  # noqa: E402
+from nanor1 import sft  # noqa: E402
 from nanor1 import step as rl  # noqa: E402
 from nanor1.checkpoint import full_state_dict, save_checkpoint  # noqa: E402
 from nanor1.config import TrainConfig  # noqa: E402
@@ -68,6 +70,33 @@ def one_step(model, d, variant):
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     train_step(step_cfg(loss_type, grad_clip), model, opt, mine, d)
     return {k: v.clone() for k, v in full_state_dict(model, d).items()}
+
+
+def sft_examples():
+    """8 fixed SFT rows: the first four of 24 tokens, the last four of 6, targets with holes (as a chat's user
+    turns). With --micro_batch_tokens 48 rank 0's four make 2 micro-batches and rank 1's one, so the ranks must
+    even out their counts (step.same_count) or FSDP's all-gathers would hang."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(8):
+        n = 24 if i < 4 else 6
+        target = [0, 0, 1] + (torch.rand(n - 3, generator=g) > 0.3).long().tolist()
+        out.append(sft.Example(ids=torch.randint(0, 97, (n,), generator=g).tolist(), target=target, line=i + 1))
+    return out
+
+
+def sft_step(model, d, examples):
+    """One SGD step on this rank's half of `examples` (all of them in one process); returns (the full parameters,
+    the reduced sums)."""
+    cfg = TrainConfig(algo="sft", data="-", prompts_per_step=len(examples), micro_batch_tokens=48, grad_clip=0.0)
+    run = rl.Run(cfg=cfg, d=d, prec=choose(d.device, "fp32"), tok=None, task=None, rows=examples, prompts=[],
+                 stream=None, verifier=None, stop=None)
+    per = len(examples) // d.world_size
+    batch = sft.pack(examples[d.rank * per:(d.rank + 1) * per], d.device)
+    sums = rl.Sums()
+    rl.update(run, batch, [sft.Learner(model, torch.optim.SGD(model.parameters(), lr=0.5), run)], 0, lambda s: 0.5,
+              sums)
+    return {k: v.clone() for k, v in full_state_dict(model, d).items()}, sums.reduce(d)
 
 
 @contextmanager
@@ -143,6 +172,10 @@ def main():
         with open(os.path.join(out, f"deal-{d.rank}.txt"), "w") as f:
             f.write(" ".join(f"{g[0].completion[0]}:{g[0].completion[1]}" for g in kept) +
                     f" | {len(generated)} {cursor}\n")
+    elif mode == "sft":
+        params, sums = sft_step(model, d, sft_examples())
+        if d.is_main:
+            torch.save({"params": params, "sums": sums}, os.path.join(out, "sft.pt"))
     elif mode == "ckpt":
         class Tok:  # the checkpoint copies tokenizer files; this model folder has none
             def save_pretrained(self, path):

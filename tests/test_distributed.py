@@ -63,6 +63,21 @@ def test_two_ranks_make_the_same_update_as_one(folder, tmp_path):
     assert ((per_shard_scale / (clip / one_norms) - 1).abs() > 0.05).all(), (local, one_norms)
 
 
+def test_two_rank_sft_step_equals_one_process(folder, tmp_path):
+    """nanor1/sft.py's learner through step.update: 2 ranks with different micro-batch counts (evened out) make
+    the same SGD step as one process on all the rows, and log the same loss and target-token count."""
+    torchrun("tests/dist_worker.py", "sft", folder, tmp_path)
+    two = torch.load(tmp_path / "sft.pt")
+    torch.manual_seed(0)
+    one, sums = dist_worker.sft_step(Transformer.from_pretrained(folder, dtype=torch.float32), Dist(),
+                                     dist_worker.sft_examples())
+    base = Transformer.from_pretrained(folder, dtype=torch.float32).state_dict()
+    assert max((one[k] - base[k]).abs().max().item() for k in one) > 1e-2  # the step moved the weights
+    for k in one:
+        torch.testing.assert_close(two["params"][k], one[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    assert two["sums"]["tokens"] == sums["tokens"] and abs(two["sums"]["loss"] - sums["loss"]) < 1e-6
+
+
 def test_ranks_with_different_decode_lengths_finish(folder, tmp_path):
     torchrun("tests/dist_worker.py", "rollout", folder, tmp_path, timeout=240)
     total = int((tmp_path / "rollout.txt").read_text())
