@@ -42,6 +42,8 @@ def main(argv=None):
     cfg = parse_args(argv)
     if cfg.dry_run:
         return dry_run(cfg)
+    if cfg.lora_rank or cfg.algo == "sft":  # (until the LoRA and SFT branches land)
+        raise NotImplementedError("--lora_rank and --algo sft are not in this build yet")
     d = distributed.setup()
     check_world(cfg, d)
     if cfg.threads:
