@@ -28,7 +28,7 @@ from nanor1.evaluate import evaluate
 from nanor1.model import load_model_and_tokenizer
 from nanor1.ppo import CriticLearner, load_critic
 from nanor1.precision import choose as choose_precision
-from nanor1.rollout import Stop
+from nanor1.rollout import Stop, check_memory
 from nanor1.schedule import length_at, lr_at, parse_length_schedule
 from nanor1.step import PolicyLearner, Run, collect, score, update
 from nanor1.tasks import get_task
@@ -56,13 +56,7 @@ def main(argv=None):
     critic = load_critic(cfg.critic_model or cfg.model, tok.vocab_size, policy.config.max_position_embeddings,
                          device=d.device, policy_path=cfg.model) if cfg.algo == "ppo" else None
     out = run_folder(cfg, d, run.task)
-    # The frozen reference exists only when a KL term is on.
-    ref = load_model_and_tokenizer(cfg.model, torch.float32, d.device)[0].requires_grad_(False) if cfg.beta else None
-    learners = [PolicyLearner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)]
-    if critic is not None:  # PPO: the critic trains beside the policy, on the same batches (nanor1/ppo.py)
-        critic.gradient_checkpointing = cfg.grad_checkpointing
-        learners.append(CriticLearner(distributed.shard(critic, d, prec), adamw(critic, cfg, cfg.critic_lr), run))
-    distributed.shard(ref, d, prec, frozen=True)
+    learners, ref = build(cfg, d, prec, run, policy, critic)
     state = dict(step=0, cursor=0, opt_step=0)
     if cfg.resume:
         state = resume_run(cfg, out, policy, learners[0].opt, d, critic, critic and learners[1].opt)
@@ -103,6 +97,17 @@ def main(argv=None):
     run.verifier.close()
     distributed.teardown(d)
     return out
+
+
+def build(cfg, d, prec, run, policy, critic):
+    """The learners (the policy, and PPO's critic beside it) sharded with their optimisers, and the frozen KL
+    reference, which exists only when a KL term is on."""
+    learners = [PolicyLearner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)]
+    if critic is not None:  # PPO: the critic trains beside the policy, on the same batches (nanor1/ppo.py)
+        critic.gradient_checkpointing = cfg.grad_checkpointing
+        learners.append(CriticLearner(distributed.shard(critic, d, prec), adamw(critic, cfg, cfg.critic_lr), run))
+    ref = load_model_and_tokenizer(cfg.model, torch.float32, d.device)[0].requires_grad_(False) if cfg.beta else None
+    return learners, distributed.shard(ref, d, prec, frozen=True)
 
 
 def adamw(model, cfg, lr):
@@ -159,6 +164,9 @@ def check_world(cfg, d):
                          f"least {d.world_size * cfg.group_size} (ranks x group_size)")
     if cfg.resume == "latest" and not cfg.out:
         raise ValueError("--resume latest needs --out (the run folder to continue)")
+    if cfg.prompts_per_step // d.world_size * cfg.group_size > 10**7:  # before any list of that size is built
+        raise ValueError(f"--prompts_per_step {cfg.prompts_per_step} x --group_size {cfg.group_size} completions per "
+                         "step: more than 10 million sequences per rank cannot fit any machine")
 
 
 def make_task(cfg):
@@ -181,6 +189,8 @@ def prepare(cfg, d, prec, policy, tok) -> Run:
     eval_rows, _ = fit_prompts(eval_rows, encode_prompts(task, tok, eval_rows), context - longest, cfg.drop_long,
                                "held-out")
     cfg.max_prompt_len = budget  # config.json records the budget used
+    check_memory(policy.config, cfg.prompts_per_step // d.world_size * cfg.group_size, budget + longest, prec.compute,
+                 d.device, "a step's rollout")
     return Run(cfg=cfg, d=d, prec=prec, tok=tok, task=task, rows=rows, prompts=prompts,
                stream=PromptStream(len(rows), cfg.seed), verifier=Verifier(task),
                stop=Stop(eos=tok.eos_token_ids, strings=task.stop, decode=tok.decode), eval_rows=eval_rows,
