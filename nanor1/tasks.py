@@ -23,13 +23,17 @@ that failure out. A trainer that wants TinyZero's exact dynamics passes no stop 
 |                     |                               | after the first "Assistant:" (else     | 0.1 malformed  |
 |                     |                               | "<|im_start|>assistant"), on the LAST  | or wrong,      |
 |                     |                               | LINE only, the last <answer> block     | 0 no answer    |
-| gsm8k, base         | the number after the last     | the last <answer> block, then its last | 1 numerically  |
-|                     | "####", commas removed        | number ($ and commas dropped)          | equal, else 0  |
-| gsm8k, instruct     | same                          | the last \boxed{}, then its last       | same           |
-|                     |                               | number                                 |                |
-| math (and math500,  | the "answer" string (AMC's    | base: the last <answer> block, or the  | 1 if verify.   |
-| aime24, amc23),     | float 27.0 becomes "27.0")    | last \boxed{} inside it if it has one; | math_equal,    |
-| both                |                               | instruct: the last \boxed{}            | else 0         |
+| gsm8k, base         | the number after the last     | the last <answer> block, then its      | 1 numerically  |
+|                     | "####", commas removed        | final numeric expression (verify.      | equal, else 0  |
+|                     |                               | last_number: "56/2", "−20", "60 ft^2") |                |
+| gsm8k, instruct     | same                          | the last \boxed{}, then the same       | same           |
+| math (and math500,  | the "answer" string (AMC's    | base: the last <answer> block, then    | 1 if verify.   |
+| aime24, amc23),     | float 27.0 becomes "27.0")    | verify.answer_span (its \boxed{}, its  | math_equal,    |
+| both                |                               | last $...$, or the sentence's answer); | else 0         |
+|                     |                               | instruct: the last \boxed{}            |                |
+
+Graders (`grader=`, gsm8k and math): "builtin" is the table above; "math_verify" gives the <answer> block or the
+\boxed{} content to the optional math-verify package instead (verify.answers_match).
 
 Splits (fixed; `eval_rows(split)`):
 - countdown: train = rows 0..9001 of the shipped 10,002; eval "test" = rows 9002..10001 (1000 rows).
@@ -51,7 +55,8 @@ import os
 import re
 
 from nanor1.tokenizer import chatml
-from nanor1.verify import ARITH_CHARS, eval_arith, last_boxed, last_number, last_tag_block, math_equal
+from nanor1.verify import (ARITH_CHARS, answer_span, answers_match, check_grader, eval_arith, last_boxed,
+                           last_number, last_tag_block)
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
@@ -69,8 +74,9 @@ def register_task(name):
     return deco
 
 
-def get_task(name, template=None, data_dir=None):
-    """The task registered as `name`, with `template` (None: the task's default) and data under `data_dir`.
+def get_task(name, template=None, data_dir=None, grader="builtin"):
+    """The task registered as `name`, with `template` (None: the task's default), data under `data_dir`, and
+    answers compared by `grader` ("builtin" or, for gsm8k and math, "math_verify"; see verify.answers_match).
 
     A task defined in its own module `nanor1/<name>.py` (e.g. nanor1/arithmetic.py) is imported on first use.
     """
@@ -79,7 +85,7 @@ def get_task(name, template=None, data_dir=None):
         importlib.import_module(f"nanor1.{name}")  # its @register_task runs on import
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; registered tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name](template=template, data_dir=data_dir)
+    return TASKS[name](template=template, data_dir=data_dir, grader=grader)
 
 
 def read_jsonl(path, required=()):
@@ -108,12 +114,16 @@ class Task:
     name = None  # set by @register_task
     templates = ("base", "instruct")  # the first is the default
     eval_splits = ("test",)  # the first is the default
+    graders = ("builtin",)  # answer comparisons the reward can use (verify.answers_match); the first is the default
 
-    def __init__(self, template=None, data_dir=None):
+    def __init__(self, template=None, data_dir=None, grader="builtin"):
         template = template or self.templates[0]
         if template not in self.templates:
             raise ValueError(f"task {self.name!r} has no template {template!r}; choose from {self.templates}")
-        self.template = template
+        if grader not in self.graders:
+            raise ValueError(f"task {self.name!r} has no grader {grader!r}; choose from {self.graders}")
+        check_grader(grader)  # math_verify: fail here, with the pip command, not as reward errors in the worker
+        self.template, self.grader = template, grader
         self.data_dir = data_dir or DATA_DIR
         self._rows = {}  # split -> rows, loaded on first use
 
@@ -257,6 +267,8 @@ BOXED_SYSTEM = "Please reason step by step, and put your final answer within \\b
 class _QATask(Task):
     """A question with one gold answer string: the R1-Zero or the boxed-instruct template."""
 
+    graders = ("builtin", "math_verify")
+
     def prompt(self, row, tokenizer):
         if self.template == "base":
             return R1_ZERO_TEMPLATE.format(question=row["question"])
@@ -286,11 +298,12 @@ class GSM8K(_QATask):
 
     def extract(self, completion, row):
         block = self._block(completion)
-        return None if block is None else last_number(block)
+        if block is None or self.grader == "math_verify":  # math-verify finds the number in the block itself
+            return block
+        return last_number(block)
 
     def reward(self, completion, row):
-        pred = self.extract(completion, row)
-        return 1.0 if pred is not None and math_equal(pred, row["gold"]) else 0.0
+        return 1.0 if answers_match(self.extract(completion, row), row["gold"], self.grader) else 0.0
 
 
 # split -> (file under data/, key of the problem text)
@@ -300,7 +313,7 @@ MATH_FILES = {"train": ("math_train/train.jsonl", "problem"), "math500": ("math5
 
 @register_task("math")
 class MATH(_QATask):
-    """Competition math, answers in LaTeX; compared by `math_equal` (normalised strings, then exact numbers)."""
+    """Competition math, answers in LaTeX; compared by `math_equal` (normalised strings, then exact values)."""
 
     eval_splits = ("math500", "aime24", "amc23")
 
@@ -319,13 +332,12 @@ class MATH(_QATask):
 
     def extract(self, completion, row):
         block = self._block(completion)
-        if block is not None and self.template == "base":
-            inner = last_boxed(block)  # a base model may box its answer inside the tags
-            block = inner if inner is not None else block.strip()
+        if block is not None and self.template == "base" and self.grader == "builtin":
+            block = answer_span(block)  # a \boxed{}, a $...$ or a sentence inside the tags
         return block
 
     def reward(self, completion, row):
-        return 1.0 if math_equal(self.extract(completion, row), row["gold"]) else 0.0
+        return 1.0 if answers_match(self.extract(completion, row), row["gold"], self.grader) else 0.0
 
 
 @register_task("math500")
