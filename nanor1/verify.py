@@ -386,8 +386,8 @@ def _equal(p, g, depth):
     if len(pu) > 1 or len(gu) > 1:  # (-\infty,1)\cup(2,\infty): a union in any order
         return _same_multiset(pu, gu, depth)
     pset, gset = p.startswith("\\{") and p.endswith("\\}"), g.startswith("\\{") and g.endswith("\\}")
-    if pset or gset:  # \{1,2\}: a set in any order
-        return pset and gset and _same_multiset(_split_top(p[2:-2]), _split_top(g[2:-2]), depth)
+    if pset or gset:  # \{1,2\}: a set in any order, \{1,1,2\} = \{1,2\}
+        return pset and gset and _same_multiset(_distinct(p[2:-2], depth), _distinct(g[2:-2], depth), depth)
     pr, gr = _relation(p), _relation(g)
     if pr is not None or gr is not None:  # x > 3, 3 < x and (3, \infty) are one answer
         pr, gr = p if pr is None else pr, g if gr is None else gr
@@ -465,6 +465,17 @@ def _same_multiset(ps, gs, depth):
             return False
         unused.pop(k)
     return True
+
+
+def _distinct(s, depth):
+    """The items of a set's inner text, repeats dropped (at most MAX_ITEMS + 1 kept: more fails the match anyway)."""
+    out = []
+    for a in _split_top(s):
+        if len(out) > MAX_ITEMS:
+            break
+        if not any(_equal(a, b, depth + 1) for b in out):
+            out.append(a)
+    return out
 
 
 def _matrix_equal(p, g, depth):

@@ -88,7 +88,7 @@ def test_math_no_false_positives(pred, gold):
     ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),  # `\\ ` is a row break
     ("3 \\cdot \\sqrt{13}", "3\\sqrt{13}"), ("51^{1/2}", "\\sqrt{51}"), ("1/\\sqrt{3}", "\\frac{\\sqrt{3}}{3}"),
     ("-\\pi/6", "-\\frac{\\pi}{6}"), ("\\frac{-\\pi}{6}", "-\\frac{\\pi}{6}"),
-    ("\\{3, 1, 2\\}", "\\{1,2,3\\}"), ("3, 1, 2", "1,2,3"), ("(2,\\infty)\\cup(-\\infty,1)", "(-\\infty,1)\\cup(2,\\infty)"),
+    ("\\{3, 1, 2\\}", "\\{1,2,3\\}"), ("\\{1,1,2\\}", "\\{1,2,2\\}"), ("3, 1, 2", "1,2,3"), ("(2,\\infty)\\cup(-\\infty,1)", "(-\\infty,1)\\cup(2,\\infty)"),
     ("\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"),
     ("\\left[\\begin{matrix}1\\\\2\\end{matrix}\\right]", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
     ("52_{8}", "52_8"), ("30\u00b0", "30^\\circ"), ("30\u00b0", "30"),
