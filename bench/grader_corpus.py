@@ -469,8 +469,10 @@ def _math_intervals(rng, out):
         flips.append(_interval(rng, lo, hi, lb, ")" if rb == "]" else "]"))
     flips = flips or [_interval(rng, "-inf", Fraction(rng.randint(-5, 5)), "(", rng.choice(")]"))]
     out.append(_case("math", _wrap(rng, rng.choice(flips), template), gold, 0.0, "intervals/unions", template))
-    # a union of two disjoint intervals, in either order
-    c = rng.randint(int(hi if hi is not None else 30) + 2, 60)
+    if hi is None:  # a union with (c, ...) would overlap: (1, \infty) \cup (40, \infty) is (1, \infty)
+        return
+    # a union of two disjoint intervals, in either order (c > hi + 1, so no wrong spelling below equals it as a set)
+    c = rng.randint(int(hi) + 2, 60)
     second = (c, None) if rng.random() < 0.5 else (c, c + rng.randint(1, 9))
     gold_u = f"{gold}\\cup{_interval(rng, second[0], second[1], '(', ')', spaced=False)}"
     parts = [_interval(rng, lo, hi, lb, rb), _interval(rng, second[0], second[1], "(", ")")]
