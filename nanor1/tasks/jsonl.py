@@ -34,6 +34,7 @@ EVAL_SEED, EVAL_SHARE, EVAL_MAX = 1234, 0.05, 500  # held out of --data when no 
 
 class JsonlTask(Task):
     name = "jsonl"
+    graders = ("builtin", "math_verify")
     templates = ("base",)  # the rows carry their prompt (text or messages): no template of ours
 
     def __init__(self, template=None, data_dir=None, data="", eval_data="", answer_key="answer", reward="math",
