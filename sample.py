@@ -28,7 +28,7 @@ from nanor1.config import SampleConfig, parse_args
 from nanor1.evaluate import evaluate
 from nanor1.model import load_model_and_tokenizer
 from nanor1.precision import choose as choose_precision
-from nanor1.rollout import Stop, generate
+from nanor1.rollout import Stop, check_memory, generate
 from nanor1.tasks import get_task
 from nanor1.verifier import Verifier
 
@@ -60,6 +60,7 @@ def main(argv=None):
         text = task.prompt(task.eval_rows()[0], tok)
     elif cfg.chat:
         text = tok.apply_chat_template([{"role": "user", "content": text}])
+    check_memory(model.config, cfg.num_samples, len(tok.encode(text)) + budget, prec.compute, device)
     print(f"# {path}  T={temperature} top_k={cfg.top_k} top_p={cfg.top_p}\n{text}", end="", flush=True)
     kw = dict(temperature=temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
               stop=Stop(eos=tok.eos_token_ids))

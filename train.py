@@ -32,7 +32,7 @@ from nanor1.evaluate import evaluate
 from nanor1.model import load_model_and_tokenizer
 from nanor1.ppo import CriticLearner, load_critic
 from nanor1.precision import choose as choose_precision
-from nanor1.rollout import Stop
+from nanor1.rollout import Stop, check_memory
 from nanor1.schedule import length_at, lr_at, parse_length_schedule
 from nanor1.step import PolicyLearner, Run, Sums, collect, score, update
 from nanor1.tasks import get_task
@@ -46,6 +46,8 @@ def main(argv=None):
     cfg = parse_args(argv)
     if cfg.dry_run:
         return dry_run(cfg)
+    if cfg.lora_rank:  # (until the LoRA branch lands)
+        raise NotImplementedError("--lora_rank is not in this build yet")
     if cfg.algo == "sft":  # supervised: the same machinery, another loop (below)
         return train_sft(cfg)
     d, prec, policy, tok = start(cfg)
@@ -53,13 +55,7 @@ def main(argv=None):
     critic = load_critic(cfg.critic_model or cfg.model, tok.vocab_size, policy.config.max_position_embeddings,
                          device=d.device, policy_path=cfg.model) if cfg.algo == "ppo" else None
     out = run_folder(cfg, d, run.task)
-    # The frozen reference exists only when a KL term is on.
-    ref = load_model_and_tokenizer(cfg.model, torch.float32, d.device)[0].requires_grad_(False) if cfg.beta else None
-    learners = [PolicyLearner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)]
-    if critic is not None:  # PPO: the critic trains beside the policy, on the same batches (nanor1/ppo.py)
-        critic.gradient_checkpointing = cfg.grad_checkpointing
-        learners.append(CriticLearner(distributed.shard(critic, d, prec), adamw(critic, cfg, cfg.critic_lr), run))
-    distributed.shard(ref, d, prec, frozen=True)
+    learners, ref = build(cfg, d, prec, run, policy, critic)
     state = dict(step=0, cursor=0, opt_step=0)
     if cfg.resume:
         state = resume_run(cfg, out, policy, learners[0].opt, d, critic, critic and learners[1].opt)
@@ -169,6 +165,17 @@ def start(cfg):
     return d, prec, policy, tok
 
 
+def build(cfg, d, prec, run, policy, critic):
+    """The learners (the policy, and PPO's critic beside it) sharded with their optimisers, and the frozen KL
+    reference, which exists only when a KL term is on."""
+    learners = [PolicyLearner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)]
+    if critic is not None:  # PPO: the critic trains beside the policy, on the same batches (nanor1/ppo.py)
+        critic.gradient_checkpointing = cfg.grad_checkpointing
+        learners.append(CriticLearner(distributed.shard(critic, d, prec), adamw(critic, cfg, cfg.critic_lr), run))
+    ref = load_model_and_tokenizer(cfg.model, torch.float32, d.device)[0].requires_grad_(False) if cfg.beta else None
+    return learners, distributed.shard(ref, d, prec, frozen=True)
+
+
 def adamw(model, cfg, lr):
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                              eps=1e-8)
@@ -222,6 +229,9 @@ def check_world(cfg, d):
                          f"least {d.world_size * cfg.group_size} (ranks x group_size)")
     if cfg.resume == "latest" and not cfg.out:
         raise ValueError("--resume latest needs --out (the run folder to continue)")
+    if cfg.prompts_per_step // d.world_size * cfg.group_size > 10**7:  # before any list of that size is built
+        raise ValueError(f"--prompts_per_step {cfg.prompts_per_step} x --group_size {cfg.group_size} completions per "
+                         "step: more than 10 million sequences per rank cannot fit any machine")
 
 
 def make_task(cfg):
@@ -241,6 +251,8 @@ def prepare(cfg, d, prec, policy, tok) -> Run:
     budget = prompt_budget(prompts, cfg.max_prompt_len, context, longest)
     rows, prompts = fit_prompts(rows, prompts, budget, cfg.drop_long)
     cfg.max_prompt_len = budget  # config.json records the budget used
+    check_memory(policy.config, cfg.prompts_per_step // d.world_size * cfg.group_size, budget + longest, prec.compute,
+                 d.device, "a step's rollout")
     return Run(cfg=cfg, d=d, prec=prec, tok=tok, task=task, rows=rows, prompts=prompts,
                stream=PromptStream(len(rows), cfg.seed), verifier=Verifier(task),
                stop=Stop(eos=tok.eos_token_ids, strings=task.stop, decode=tok.decode),

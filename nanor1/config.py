@@ -98,7 +98,7 @@ class TrainConfig:
     value_clip: float = 0.5  # range of the clipped value loss around the old value (veRL: 0.5)
     # --- lora: low-rank adapters on a frozen base (nanor1/lora.py)
     lora_rank: int = 0  # r (0 = off: full fine-tuning)
-    lora_alpha: float = 0.0  # scaling alpha / r (0 = 2r)
+    lora_alpha: int = 0  # scaling alpha / r (0 = 2r)
     lora_dropout: float = 0.0  # dropout on the adapters' input
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # linear layers that get adapters
     # --- optimisation

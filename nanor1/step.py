@@ -154,7 +154,7 @@ def pack(samples, device, mask_truncated=False) -> Batch:
     prompt_lens = torch.tensor([len(s.prompt) for s in samples])
     lengths = prompt_lens + torch.tensor([len(s.completion) for s in samples])
     weight = torch.tensor([0.0 if mask_truncated and s.truncated else 1.0 for s in samples])
-    B, T = len(samples), int(lengths.max()) - 1
+    B, T = len(samples), int(lengths.max()) - 1 if samples else 0  # no sample: every group dropped this step
     ids = torch.zeros(B, T + 1, dtype=torch.long)
     completion, sampler = torch.zeros(B, T), torch.zeros(B, T)
     for i, s in enumerate(samples):
@@ -166,7 +166,7 @@ def pack(samples, device, mask_truncated=False) -> Batch:
     return Batch(ids=on(ids[:, :-1]), targets=on(ids[:, 1:]), completion=on(completion),
                  mask=on(completion * weight[:, None]), sampler_logp=on(sampler), prompt_lens=prompt_lens,
                  lengths=lengths, loss_tokens=(lengths - prompt_lens) * weight,
-                 rewards=torch.tensor([s.reward for s in samples]))
+                 rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32))
 
 
 # ----------------------------------------------------------------------------- score

@@ -2,7 +2,7 @@
 import json
 import os
 
-from nanor1.verify import answers_match
+from nanor1.verify import answers_match, check_grader
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
 
@@ -35,11 +35,15 @@ class Task:
     templates = ("base", "instruct")  # the first is the default
     eval_splits = ("test",)  # the first is the default
     completion_len = 1024  # sample.py's default generation budget on this task
+    graders = ("builtin",)  # answer comparisons the reward can use (verify.answers_match); the first is the default
 
     def __init__(self, template=None, data_dir=None, grader="builtin"):
         template = template or self.templates[0]
         if template not in self.templates:
             raise ValueError(f"task {self.name!r} has no template {template!r}; choose from {self.templates}")
+        if grader not in self.graders:
+            raise ValueError(f"task {self.name!r} has no grader {grader!r}; choose from {self.graders}")
+        check_grader(grader)  # math_verify: fail here, with the pip command, not as reward errors in the worker
         self.template = template
         self.data_dir = data_dir or DATA_DIR
         self.grader = grader  # how answers_match compares: builtin (nanor1/verify.py) or math_verify

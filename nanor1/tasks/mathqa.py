@@ -3,7 +3,7 @@ import os
 import re
 
 from nanor1.tasks.base import Task, read_jsonl
-from nanor1.verify import last_boxed, last_number, last_tag_block
+from nanor1.verify import answer_span, last_boxed, last_number, last_tag_block
 
 
 # The R1-Zero template (DeepSeek-R1 paper, Table 1), with the question in place of "prompt".
@@ -18,6 +18,8 @@ BOXED_SYSTEM = "Please reason step by step, and put your final answer within \\b
 
 class _QATask(Task):
     """A question with one gold answer string: the R1-Zero or the boxed-instruct template."""
+
+    graders = ("builtin", "math_verify")
 
     def prompt(self, row, tokenizer):
         if self.template == "base":
@@ -49,11 +51,12 @@ class GSM8K(_QATask):
 
     def extract(self, completion, row):
         block = self._block(completion)
-        return None if block is None else last_number(block)
+        if block is None or self.grader == "math_verify":  # math-verify finds the number in the block itself
+            return block
+        return last_number(block)
 
     def reward(self, completion, row):
-        pred = self.extract(completion, row)
-        return 1.0 if pred is not None and self.answers_match(pred, row["gold"]) else 0.0
+        return 1.0 if self.answers_match(self.extract(completion, row), row["gold"]) else 0.0
 
 
 # split -> (file under data/, key of the problem text)
@@ -82,9 +85,8 @@ class MATH(_QATask):
 
     def extract(self, completion, row):
         block = self._block(completion)
-        if block is not None and self.template == "base":
-            inner = last_boxed(block)  # a base model may box its answer inside the tags
-            block = inner if inner is not None else block.strip()
+        if block is not None and self.template == "base" and self.grader == "builtin":
+            block = answer_span(block)  # a \boxed{}, a $...$ or a sentence inside the tags
         return block
 
     def reward(self, completion, row):
