@@ -256,11 +256,11 @@ def test_pipeline_in_miniature(tmp_path):
     traces = tmp_path / "traces.jsonl"
     sample.main(["--model", str(teacher / "ckpt-20"), "--task", "arithmetic", "--limit", "300", "--save", str(traces),
                  "--only_correct"])
-    student = train.main(["--algo", "sft", "--data", str(traces), "--task", "arithmetic", "--steps", "60",
-                          "--prompts_per_step", "16", "--lr", "1e-3", "--out", str(tmp_path / "sft"), *common])
+    student = train.main(["--algo", "sft", "--data", str(traces), "--task", "arithmetic", "--steps", "60", "--lr", "3e-4",
+                          "--lr_schedule", "cosine", "--warmup_steps", "10", "--out", str(tmp_path / "sft"), *common])
     acc = lambda run: [json.loads(x)["eval_accuracy"] for x in (run / "metrics.jsonl").read_text().splitlines()  # noqa
                        if "eval_accuracy" in x]
     (base, teacher_acc), (base_again, student_acc) = acc(teacher), acc(student)
     print(f"held-out greedy pass@1: base {base:.2f}, teacher {teacher_acc:.2f}, student {student_acc:.2f}")
     assert base == base_again and base < 0.3  # the same 100 problems, the same base
-    assert teacher_acc > base + 0.4 and student_acc > base + 0.3
+    assert teacher_acc > base + 0.4 and student_acc > base + 0.5
