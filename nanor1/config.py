@@ -57,7 +57,7 @@ class TrainConfig:
     resume: str = ""  # "latest" = the newest checkpoint in --out, or a checkpoint folder; "" = start fresh
     config: str = ""  # a TOML file of these fields (recipes/); options on the command line override it
     dry_run: bool = False  # check the config, the model and the data, print the resolved config, write nothing
-    steps: int = 100  # training steps; each generates a rollout batch, scores it, then runs mu passes of updates
+    steps: int = 100  # training steps: rollouts, scores, mu passes of updates (sft: one optimiser step each)
     seed: int = 0  # seeds data order, sampling and init of everything random
     threads: int = 2  # torch CPU threads (0 = torch's default); fixed so CPU runs are reproducible
     precision: str = "auto"  # compute dtype: auto (bf16 on CUDA, fp32 on the CPU), bf16, fp32 (nanor1/precision.py)
@@ -202,7 +202,7 @@ class SampleConfig:
     eval: bool = False  # evaluate on --task instead of sampling one prompt
     save: str = ""  # write --num_samples completions per problem of --split to this JSONL as SFT rows
     only_correct: bool = False  # --save: keep only the completions the task's reward calls correct (rejection sampling)
-    limit: int = 0  # evaluate only the first N problems (0 = all)
+    limit: int = 0  # --eval / --save: only the first N problems (0 = all)
     out: str = ""  # per-problem JSON lines of --eval ("" = out/eval-TASK-TIME.jsonl)
     max_new_tokens: int = 0  # generation budget (0 = the task's: 64 on arithmetic, 1024 on the real tasks)
     temperature: float = -1.0  # 0 = greedy (-1 = the default: 1.0 when sampling, 0 for --eval)

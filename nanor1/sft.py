@@ -63,6 +63,7 @@ def read_examples(path, tok, context: int, drop_long: bool, flag="--data"):
     `context` tokens are an error, or with `drop_long` are left out with a count on the console."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{flag} {path}: file not found")
+    # read_jsonl fails on any line that is not one JSON object (a blank one included): object n is line n.
     examples = [Example(*encode(obj, tok, f"{path}:{n}"), line=n) for n, obj in enumerate(read_jsonl(path), 1)]
     if not examples:
         raise ValueError(f"{flag} {path}: no examples (the file is empty)")
