@@ -87,10 +87,12 @@ def read_jsonl(path, required=()):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} not found (see data/*/SOURCE.md)")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
             try:
-                obj = json.loads(line)
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{n}: not UTF-8 text") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
@@ -99,6 +101,8 @@ def read_jsonl(path, required=()):
             if missing:
                 raise ValueError(f"{path}:{n}: missing key(s) {missing}")
             out.append(obj)
+    if not out:  # caught here, not as a ZeroDivisionError when the trainer draws its first prompt
+        raise ValueError(f"data file {path} is empty: no rows")
     return out
 
 
@@ -136,7 +140,10 @@ class Task:
 
     def _cached(self, split):
         if split not in self._rows:
-            self._rows[split] = self.load(split)
+            rows = self.load(split)
+            if not rows:  # a file too short for the split's rows: training or scoring nothing is no result
+                raise ValueError(f"task {self.name!r}: split {split!r} has no rows (data under {self.data_dir})")
+            self._rows[split] = rows
         return self._rows[split]
 
     def load(self, split):
@@ -278,7 +285,13 @@ class GSM8K(_QATask):
         path = os.path.join(self.data_dir, "gsm8k", f"{split}.jsonl")
         rows = []
         for i, obj in enumerate(read_jsonl(path, required=("question", "answer"))):
-            gold = obj["answer"].rsplit("####", 1)[-1].strip().replace(",", "") if "####" in obj["answer"] else ""
+            answer = obj["answer"]
+            if type(answer) in (int, float):  # a bare JSON number is the gold answer itself
+                answer = f"#### {answer}"
+            if not isinstance(answer, str) or not isinstance(obj["question"], str):
+                raise ValueError(f"{path}:{i + 1}: 'question' must be a string and 'answer' a string ending in "
+                                 f"'#### <number>' (or a number), got {obj['answer']!r}"[:300])
+            gold = answer.rsplit("####", 1)[-1].strip().replace(",", "") if "####" in answer else ""
             if not re.fullmatch(r"-?\d+(\.\d+)?", gold):
                 raise ValueError(f"{path}:{i + 1}: answer has no number after '####'")
             rows.append({"id": f"gsm8k/{split}/{i}", "index": i, "question": obj["question"], "gold": gold})
@@ -314,6 +327,8 @@ class MATH(_QATask):
                 gold = str(gold)  # AMC23 stores answers as JSON floats, 27.0
             if not isinstance(gold, str) or not gold.strip():
                 raise ValueError(f"{path}:{i + 1}: empty or non-string answer {obj['answer']!r}")
+            if not isinstance(obj[key], str):
+                raise ValueError(f"{path}:{i + 1}: {key!r} must be a string, got {obj[key]!r}"[:300])
             rows.append({"id": f"{split}/{i}", "index": i, "question": obj[key], "gold": gold})
         return rows
 
