@@ -13,7 +13,6 @@ Each step has three phases (nanor1/step.py):
   update   mu passes over the batch in mini-batches (one AdamW step each), each accumulated over micro-batches.
 """
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from nanor1 import distributed
-from nanor1.checkpoint import resume_run, save_checkpoint
+from nanor1.checkpoint import make_run_folder, resume_run, save_checkpoint
 from nanor1.config import parse_args, save as save_config
 from nanor1.data import PromptStream, encode_prompts, fit_prompts, prompt_budget
 from nanor1.evaluate import evaluate
@@ -203,8 +202,8 @@ def run_folder(cfg, d, task) -> Path:
     cfg.out, cfg.template = str(out), task.template
     if not cfg.resume and (out / "metrics.jsonl").exists():
         raise ValueError(f"{out} already holds a run: continue it with --resume latest, or choose another --out")
+    make_run_folder(out)  # refuses a file, a model's folder, a place nothing can be written to
     if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:  # a resume writes it after comparing with the checkpoint's settings
             save_config(cfg, out / "config.json")
         print(json.dumps(vars(cfg)))
@@ -232,7 +231,8 @@ def step_metrics(run, sums, groups, generated, seen, step):
     sums.add(completions=len(generated), reward=sum(s.reward for s in generated),
              correct=sum(task.is_correct(s.reward) for s in generated),
              completion_tokens=sum(len(s.completion) for s in generated), groups=len(groups),
-             verifier_timeouts=stats["timeouts"] - seen["timeouts"], verifier_errors=stats["errors"] - seen["errors"])
+             verifier_timeouts=stats["timeouts"] - seen["timeouts"], verifier_errors=stats["errors"] - seen["errors"],
+             verifier_budget_skipped=stats.get("budget_skipped", 0) - seen.get("budget_skipped", 0))
     if run.cfg.dynamic_sampling:  # the kept groups alone, beside everything generated
         kept = [s for g in groups for s in g]
         sums.add(kept=len(kept), reward_kept=sum(s.reward for s in kept),
@@ -266,9 +266,10 @@ def step_metrics(run, sums, groups, generated, seen, step):
         row["overlong_penalty"] = t["overlong_penalty"] / n
     if "kept" in t:
         row.update(reward_kept=t["reward_kept"] / max(t["kept"], 1), accuracy_kept=t["correct_kept"] / max(t["kept"], 1))
-    if t["verifier_timeouts"] or t["verifier_errors"]:  # rewards scored 0 because the check hung or raised
+    if t["verifier_timeouts"] or t["verifier_errors"] or t["verifier_budget_skipped"]:  # rewards scored 0 because
+        # the check hung, raised, or the round's budget ran out
         row.update(verifier_timeouts=int(t["verifier_timeouts"]), verifier_errors=int(t["verifier_errors"]),
-                   verifier_last_error=stats["last_error"])
+                   verifier_budget_skipped=int(t["verifier_budget_skipped"]), verifier_last_error=stats["last_error"])
     return row
 
 
@@ -298,7 +299,8 @@ class Log:
         self.write("metrics.jsonl", row)
         if "verifier_timeouts" in row:
             self.say(f"warning: step {row['step']}: {row['verifier_timeouts']} reward checks timed out, "
-                     f"{row['verifier_errors']} raised (last: {row['verifier_last_error']})")
+                     f"{row['verifier_errors']} raised (last: {row['verifier_last_error']}), "
+                     f"{row['verifier_budget_skipped']} not checked within --reward_budget_s")
         if row.get("skipped_steps"):
             self.say(f"warning: step {row['step']}: {row['skipped_steps']} of {row['opt_steps']} optimiser steps "
                      "skipped: the gradient norm was not finite")
@@ -322,11 +324,4 @@ class Log:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:  # bad input: one line, no traceback
-        if os.environ.get("NANOR1_TRACEBACK") == "1":  # debugging: the whole traceback instead
-            raise
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)  # (str(KeyError) adds quotes)
-        sys.exit(2)
-    distributed.exit_worker()  # under torchrun: see there why a worker leaves with os._exit
+    distributed.run_main(main)  # bad input: one `error:` line, exit 2 (see there)

@@ -53,6 +53,7 @@ class TrainConfig:
     reward: str = "math"  # --task jsonl: math (the MATH verifier), number (GSM8K-style), exact, countdown
     reward_fn: str = ""  # your own reward, "path/to/file.py:function" taking (completion, row) -> float
     grader: str = "builtin"  # answer checking for gsm8k, math and jsonl: builtin, or math_verify (pip install)
+    reward_budget_s: float = 120.0  # wall-clock cap on one round's reward checks; the rest score 0, counted (0 = off)
     out: str = ""  # output folder ("" = a new timestamped folder under out/)
     resume: str = ""  # "latest" = the newest checkpoint in --out, or a checkpoint folder; "" = start fresh
     config: str = ""  # a TOML file of these fields (recipes/); options on the command line override it
@@ -131,7 +132,7 @@ class TrainConfig:
         _finite(self)
         _at_least(self, 1, "steps", "prompts_per_step", "group_size", "max_completion_len", "mu", "micro_batch_size",
                   "eval_size", "keep_last")
-        _at_least(self, 0, "threads", "max_prompt_len", "warmup_steps", "eval_every", "save_every", "mini_batch_size",
+        _at_least(self, 0, "reward_budget_s", "threads", "max_prompt_len", "warmup_steps", "eval_every", "save_every", "mini_batch_size",
                   "max_refill_rounds", "log_samples_every", "top_k", "overlong_buffer", "critic_warmup", "lora_rank",
                   "micro_batch_tokens", "eval_samples")
         _one_of(self, algo=ALGOS, loss_type=LOSS_TYPES, precision=PRECISIONS, scale_rewards=SCALES,

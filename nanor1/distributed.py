@@ -55,6 +55,24 @@ def teardown(d: Dist):
         dist.destroy_process_group()
 
 
+def run_main(main):
+    """Run an entry script's main: bad input (a ValueError, a missing file, an OSError such as a full disk or an
+    unwritable folder, ...) is one `error:` line and exit code 2, never a traceback; NANOR1_TRACEBACK=1 shows the
+    traceback instead, for debugging. Then a torchrun worker leaves with exit_worker."""
+    try:
+        main()
+    except (ValueError, OSError, KeyError, NotImplementedError) as e:
+        if os.environ.get("NANOR1_TRACEBACK") == "1":
+            raise
+        if isinstance(e, OSError) and e.strerror and e.filename:  # errno's text and the path, not "error: 2"
+            message = f"{e.filename}: {e.strerror}"
+        else:
+            message = e.args[0] if e.args else str(e)  # (str(KeyError) adds quotes)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    exit_worker()
+
+
 def exit_worker():
     """End a torchrun worker with os._exit, skipping Python's interpreter shutdown (a no-op in a single process).
 
