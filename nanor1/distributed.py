@@ -74,7 +74,10 @@ def exit_worker():
 def shard(model, d: Dist):
     """FSDP2: each transformer block is one unit (all-gathered just before it runs, freed after), then the
     root (embedding, final norm, lm_head). On CUDA, parameters stay fp32 (the master copy the optimiser
-    updates), compute runs in bf16 and gradients are reduced in fp32."""
+    updates), compute runs in bf16 and gradients are reduced in fp32.
+    Under LoRA (nanor1/lora.py, applied before this) the same units hold a frozen base (bf16 on CUDA) beside fp32
+    adapters: FSDP2 gathers mixed dtypes in one buffer and needs one dtype only among the trainable parameters
+    (the adapters), the only ones it reduce-scatters; nothing here changes."""
     if not d.enabled:
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
