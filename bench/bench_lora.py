@@ -3,7 +3,7 @@ log-prob mismatch (nanor1/lora.py explains the choice these numbers made).
 
     python bench/bench_lora.py [--shapes tiny 0.5B] [--batch 16] [--new 32] [--rank 16] [--threads 2]
 
-Table 1, rollout tokens/s: generate() with `--batch` sequences, `--new` tokens each (no EOS), on
+Table 1, rollout tokens/s (per CPU-second on the CPU, see `clock`): generate() with `--batch` sequences, `--new` tokens each (no EOS), on
 - tiny: the shipped data/tiny (0.83M parameters), fp32, the CPU demo's model;
 - 0.5B: random weights in the Qwen2.5-0.5B shape, fp32 on the CPU (bf16 on CUDA with --device cuda),
 for the base model, LoRA live (two extra small matmuls per adapted layer per token) and LoRA merged (one matmul
@@ -63,23 +63,28 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def clock(device):
+    """On the CPU, this process's CPU time: on a shared machine wall time mostly measures the other jobs (it
+    varied 10x between runs here, CPU time far less). On CUDA, wall time."""
+    return time.perf_counter() if device == "cuda" else time.process_time()
+
+
 def rollout_tps(model, ps, new, device, reps):
     """Completion tokens per second of generate() for base, LoRA live and LoRA merged: the three interleaved,
-    `reps` rounds after a warm-up, best of each (the machine is shared: interleaving spreads its noise evenly).
-    Also returns the time of one merge."""
+    `reps` rounds after a warm-up, best of each. Also returns the time of one merge."""
     modes = {"base": lambda: lora.adapters_disabled(model), "live": nullcontext, "merged": lambda: lora.merged(model)}
     best, merge_s = {k: float("inf") for k in modes}, float("inf")
     for i in range(reps + 1):
         for mode, ctx in modes.items():
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock(device)
             with ctx():
                 sync(device)
-                t1 = time.perf_counter()
+                t1 = clock(device)
                 out = generate(model, ps, new, temperature=1.0, seed=i)
                 sync(device)
             if i:
-                best[mode] = min(best[mode], time.perf_counter() - t1)
+                best[mode] = min(best[mode], clock(device) - t1)
                 if mode == "merged":
                     merge_s = min(merge_s, t1 - t0)
     tokens = sum(len(o) for o in out)
@@ -87,8 +92,9 @@ def rollout_tps(model, ps, new, device, reps):
 
 
 def speed_table(args):
-    print(f"# rollout tokens/s, {args.batch} sequences x {args.new} new tokens, LoRA rank {args.rank} on q,k,v,o,"
-          f"gate,up,down, {args.device}, {args.threads} thread(s), best of {args.reps} interleaved rounds")
+    per = "CPU-second (process time)" if args.device == "cpu" else "second"
+    print(f"# rollout tokens per {per}, {args.batch} sequences x {args.new} new tokens, LoRA rank {args.rank} on "
+          f"q,k,v,o,gate,up,down, {args.device}, {args.threads} thread(s), best of {args.reps} interleaved rounds")
     print("| model | dtype | base | LoRA live | LoRA merged | merge (once per rollout phase) |")
     print("|---|---|---|---|---|---|")
     for shape in args.shapes:

@@ -26,9 +26,11 @@ PEFT's names are ours behind the prefix `base_model.model.` (PEFT wraps the HF m
 
 Rollouts, live or merged (bench/bench_lora.py measures both; figures in BENCHMARKS.md). Merging W' = W + s B A
 for sampling saves two small ops per adapted layer and token: on the tiny demo model, where decoding is bound by
-the number of ops, the live path samples 28-40% fewer tokens/s than the base and the merged one as many. But in
-bf16 the merge rounds the update: bf16(W + s B A) moves W by whole bf16 steps (2^-8 |W|), so the sampler draws
-from a neighbour of the trained policy; measured on data/tiny in bf16, the sampler-trainer mismatch was 1.5-3x
+the number of ops, the live path samples about a quarter fewer tokens per CPU-second than the base and the merged
+one as many; on the 0.5B shape (fp32, CPU), bound by the weights' bytes, all three are within 5%. But in
+bf16 the merge rounds the update: bf16(W + s B A) lies on W's bf16 grid (steps of 2^-8 to 2^-7 of |W|), so an
+update smaller than half a step vanishes and a larger one is off by up to half a step: the sampler draws from a
+neighbour of the trained policy; measured on data/tiny in bf16, the sampler-trainer mismatch was 1.5-3x
 its no-LoRA level with merging and stayed at it on the live path, which computes exactly the trainer's
 x W^T + s x A^T B^T. So rollouts run live. `merged(model)` stays for measurement and export; it writes W' into a
 separate tensor, never into W (add-then-subtract in bf16 would drift W by a rounding error per round trip).
