@@ -1,8 +1,6 @@
 """LoRA (nanor1/lora.py): PEFT as the oracle, the frozen base, the free KL reference, merging, checkpoints."""
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from nanor1.checkpoint import load_checkpoint, save_checkpoint
 from nanor1.distributed import Dist
 from nanor1.model import Transformer
 from nanor1.rollout import generate
+from scripts import merge_lora
 from tests.tiny import hf_tiny
 
 transformers = pytest.importorskip("transformers")
@@ -250,9 +249,7 @@ def test_merge_lora_writes_a_checkpoint_transformers_loads(tmp_path):
             m.lora_B.weight.normal_(0, 0.05)
     ckpt, out = tmp_path / "ckpt", tmp_path / "merged"
     model.save_pretrained(ckpt)
-    script = [sys.executable, str(ROOT / "scripts" / "merge_lora.py")]
-    p = subprocess.run(script + [str(ckpt), str(out)], capture_output=True, text=True, cwd=ROOT)
-    assert p.returncode == 0, p.stderr
+    merge_lora.main([str(ckpt), str(out)])  # in process: a subprocess would re-import torch and transformers
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f.name for f in out.iterdir()}
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     ids = torch.randint(0, 306, (2, 13))
@@ -262,9 +259,10 @@ def test_merge_lora_writes_a_checkpoint_transformers_loads(tmp_path):
     assert rel_err(ours, base) > 1e-2
     assert rel_err(theirs, ours) < 1e-5, rel_err(theirs, ours)
     # Nothing is overwritten: a second merge into the same folder is one clear error.
-    p = subprocess.run(script + [str(ckpt), str(out)], capture_output=True, text=True, cwd=ROOT)
-    assert p.returncode == 2 and p.stderr.strip().splitlines() == \
-        [f"error: output folder {out} already exists and is not empty: choose a new one"]
+    with pytest.raises(ValueError, match=f"output folder {out} already exists and is not empty"):
+        merge_lora.main([str(ckpt), str(out)])
+    with pytest.raises(FileNotFoundError, match="is not a LoRA adapter folder"):
+        merge_lora.main([str(TINY), str(tmp_path / "other")])
 
 
 # ---- bad input: one clear error each ----
