@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nanor1 import distributed
+from nanor1 import distributed, lora
 from nanor1.checkpoint import make_run_folder, resume_run, save_checkpoint
 from nanor1.config import parse_args, save as save_config
 from nanor1.data import PromptStream, encode_prompts, fit_prompts, prompt_budget
@@ -41,16 +41,19 @@ def main(argv=None):
     cfg = parse_args(argv)
     if cfg.dry_run:
         return dry_run(cfg)
-    if cfg.lora_rank or cfg.algo == "sft":  # (until the LoRA and SFT branches land)
-        raise NotImplementedError("--lora_rank and --algo sft are not in this build yet")
+    if cfg.algo == "sft":  # (until the SFT branch lands)
+        raise NotImplementedError("--algo sft is not in this build yet")
     d = distributed.setup()
     check_world(cfg, d)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     prec = choose_precision(d.device, cfg.precision)
-    policy, tok = load_model_and_tokenizer(cfg.model, torch.float32, d.device)  # fp32 master weights
+    # fp32 master weights; under LoRA the base is frozen in the compute dtype and only the adapters are fp32
+    policy, tok = load_model_and_tokenizer(cfg.model, prec.compute if cfg.lora_rank else torch.float32, d.device)
     policy.gradient_checkpointing = cfg.grad_checkpointing
+    if cfg.lora_rank:  # before sharding and the optimiser; the seed above gives every rank the same A
+        lora.apply_lora(policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, base=cfg.model)
     run = prepare(cfg, d, prec, policy, tok)
     critic = load_critic(cfg.critic_model or cfg.model, tok.vocab_size, policy.config.max_position_embeddings,
                          device=d.device, policy_path=cfg.model) if cfg.algo == "ppo" else None
@@ -101,16 +104,18 @@ def main(argv=None):
 def build(cfg, d, prec, run, policy, critic):
     """The learners (the policy, and PPO's critic beside it) sharded with their optimisers, and the frozen KL
     reference, which exists only when a KL term is on."""
-    learners = [PolicyLearner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)]
+    learners = [PolicyLearner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)]  # (LoRA: adapters)
     if critic is not None:  # PPO: the critic trains beside the policy, on the same batches (nanor1/ppo.py)
         critic.gradient_checkpointing = cfg.grad_checkpointing
         learners.append(CriticLearner(distributed.shard(critic, d, prec), adamw(critic, cfg, cfg.critic_lr), run))
+    if cfg.beta and cfg.lora_rank:  # the KL reference for free: the policy with its adapters disabled
+        return learners, lora.BaseView(policy)
     ref = load_model_and_tokenizer(cfg.model, torch.float32, d.device)[0].requires_grad_(False) if cfg.beta else None
     return learners, distributed.shard(ref, d, prec, frozen=True)
 
 
 def adamw(model, cfg, lr):
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+    return torch.optim.AdamW(lora.trainable(model), lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                              eps=1e-8)
 
 

@@ -3,6 +3,8 @@
     OUT/ckpt-STEP/
         config.json, model.safetensors, tokenizer files   HF layout: Transformer.from_pretrained and
                                                           transformers load it as it is
+        (LoRA: adapter_config.json, adapter_model.safetensors instead of the first two: PEFT's layout,
+         the adapters only; the base is the --model folder, see nanor1/lora.py)
         trainer.json                                      step, data position, the TrainConfig
         optimizer.pt | optimizer/                         AdamW state (one process) | sharded (DCP, FSDP)
         rng-rank{R}.pt                                    every RNG state of each rank
@@ -41,6 +43,7 @@ import torch
 
 from nanor1.config import save as save_config
 from nanor1.distributed import Dist, all_gather_objects, barrier
+from nanor1.lora import adapter_keys, read_adapter
 
 CKPT = re.compile(r"^ckpt-(\d+)$")
 MANIFEST = "manifest.json"
@@ -63,11 +66,18 @@ def set_rng_state(state):
 
 
 def full_state_dict(model, d: Dist):
-    """The unsharded model state on the CPU (a collective under FSDP: every rank must call it)."""
+    """The unsharded model state on the CPU (a collective under FSDP: every rank must call it). Under LoRA only
+    the adapters: the frozen base is the --model folder itself, and gathering it would copy the whole model."""
+    lora = getattr(model, "lora", None) is not None
     if not d.enabled:
-        return model.state_dict()
+        sd = model.state_dict()
+        if lora:
+            keys = set(adapter_keys(model))
+            sd = {k: v for k, v in sd.items() if k in keys}
+        return sd
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                ignore_frozen_params=lora))
 
 
 # ---------------------------------------------------------------------------------------------------- saving
@@ -398,21 +408,27 @@ def load_module(folder, model, optimizer, d: Dist):
     from safetensors.torch import load_file
     # Under FSDP only rank 0 reads the full weights; set_model_state_dict broadcasts and shards them
     # (every rank reading them would hold world_size full fp32 copies in host memory).
-    sd = load_file(folder / "model.safetensors") if d.is_main else {}
-    if sd and model.config.tie_word_embeddings and hasattr(model, "lm_head"):  # (a critic has no LM head)
+    lora = getattr(model, "lora", None) is not None  # LoRA: the adapters only; the base came from --model
+    if lora:
+        sd = read_adapter(model, folder) if d.is_main else {}
+    else:
+        sd = load_file(folder / "model.safetensors") if d.is_main else {}
+    if sd and model.config.tie_word_embeddings and not lora and hasattr(model, "lm_head"):  # (a critic: no head)
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     if d.enabled:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                              set_model_state_dict, set_optimizer_state_dict)
         import torch.distributed.checkpoint as dcp
-        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                                 strict=not lora))  # LoRA: base keys absent
         state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
         dcp.load(state, checkpoint_id=str(folder / "optimizer"))
         set_optimizer_state_dict(model, optimizer, state["optimizer"])
     else:
         with torch.no_grad():
             for name, p in model.state_dict().items():
-                p.copy_(sd[name])
+                if name in sd or not lora:
+                    p.copy_(sd[name])
         optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
 
 

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from nanor1.grpo import KL_ESTIMATORS, LOSS_TYPES, RATIO_LEVELS, SCALES
+from nanor1.lora import check_options as check_lora_options
 from nanor1.schedule import LR_SCHEDULES, lr_at, parse_length_schedule
 
 
@@ -161,8 +162,7 @@ class TrainConfig:
             raise ValueError(f"--gamma and --lam must be in [0, 1], got {self.gamma}, {self.lam}")
         if not 0 <= self.eval_temperature <= 100:
             raise ValueError(f"--eval_temperature must be in [0, 100], got {self.eval_temperature}")
-        if not self.lora_rank and (self.lora_alpha or self.lora_dropout):
-            raise ValueError("--lora_alpha / --lora_dropout are set but --lora_rank is 0 (LoRA off): set --lora_rank")
+        check_lora_options(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
         parse_length_schedule(self.max_completion_len_schedule)  # fails here, not at step 1040
         lr_at(0, 1, self.lr, self.lr_schedule, self.warmup_steps, self.warmup_ratio, self.min_lr_ratio)
         batch = self.prompts_per_step * self.group_size

@@ -94,7 +94,10 @@ def shard(model, d: Dist, prec=None, frozen=False):
     root (embedding, final norm, lm_head). Parameters stay fp32 (the master copy the optimiser updates);
     `prec.fsdp_policy()` gathers them in the compute dtype and reduces gradients in fp32 (nanor1/precision.py).
     A `frozen` model (the KL reference) has no backward, so its root frees its gathered weights after each
-    forward too. No-op in one process, and for model None."""
+    forward too. No-op in one process, and for model None.
+    Under LoRA (nanor1/lora.py, applied before this) the same units hold a frozen base (bf16 on CUDA) beside fp32
+    adapters: FSDP2 gathers mixed dtypes in one buffer and needs one dtype only among the trainable parameters
+    (the adapters), the only ones it reduce-scatters; nothing here changes."""
     if not d.enabled or model is None:
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
