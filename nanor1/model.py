@@ -325,8 +325,8 @@ def load_model_and_tokenizer(path, dtype=torch.float32, device="cpu"):
     """A checkpoint's model and tokenizer, loaded together so the model can never sample an id the tokenizer
     lacks: a checkpoint's embedding is often padded past the vocabulary (Qwen2.5: 151,936 rows for 151,665
     tokens), and `vocab_limit` keeps the sampler and the fused log-probs on the real ids."""
+    model = Transformer.from_pretrained(path, dtype=dtype, device=device)  # first: a missing folder says so
     tok = Tokenizer.from_pretrained(path)
-    model = Transformer.from_pretrained(path, dtype=dtype, device=device)
     tok.check_model(model.config.vocab_size)
     model.vocab_limit = tok.vocab_size
     return model, tok
