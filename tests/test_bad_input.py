@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not (ROOT / "data/tiny/model.safetensors").is_fi
     (["--prompts_per_step", "1000000000"], "more than 10 million sequences"),
     (["--group_size", "200000"], "GiB for the KV cache"),
     (["--max_prompt_len", "5"], "longer than the prompt budget of 5 tokens"),
-    (["--max_completion_len", "100000"], "exceeds the model's context"),
+    (["--max_completion_len", "100000"], "leaves no room for a prompt in the model's context"),
     (["--task", "nope"], "unknown task 'nope'"),
     (["--model", "no/such/folder"], "model folder not found"),
     (["--lora_rank", "0", "--lora_alpha", "16"], "--lora_alpha"),
