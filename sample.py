@@ -16,14 +16,14 @@ writes one JSON line per problem (completions, rewards) to --out.
 With --only_correct only the correct ones are kept: the rejection sampling that builds R1's distillation data.
 """
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from nanor1.checkpoint import list_checkpoints
+from nanor1 import distributed
+from nanor1.checkpoint import list_checkpoints, verify_checkpoint
 from nanor1.config import SampleConfig, parse_args
 from nanor1.evaluate import evaluate
 from nanor1.model import load_model_and_tokenizer
@@ -36,14 +36,26 @@ TINY = "data/tiny"
 
 
 def default_model():
-    """The newest checkpoint of any run under out/, else the shipped tiny base."""
+    """The newest intact checkpoint of any run under out/ (a damaged one is skipped, with a warning), else the
+    shipped tiny base."""
     ckpts = [c for run in Path("out").glob("*") if run.is_dir() for c in list_checkpoints(run)]
-    return str(max(ckpts, key=lambda p: p.stat().st_mtime)) if ckpts else TINY
+    for ck in sorted(ckpts, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            verify_checkpoint(ck, ["config.json", "model.safetensors"])
+            return str(ck)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"warning: skipping {ck}: {e}", file=sys.stderr)
+    return TINY
 
 
 def main(argv=None):
     cfg = parse_args(argv, SampleConfig)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise ValueError(f"--device {cfg.device!r} is not a device (cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device}: no CUDA device here")
     prec = choose_precision(device, cfg.precision)
     path = cfg.model or default_model()
     # Inference needs no fp32 master weights: load them in the compute dtype.
@@ -139,10 +151,4 @@ def save_traces(cfg, path, model, tok, task, prec, budget):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:
-        if os.environ.get("NANOR1_TRACEBACK") == "1":  # debugging: the whole traceback instead
-            raise
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)  # (str(KeyError) adds quotes)
-        sys.exit(2)
+    distributed.run_main(main)  # bad input: one `error:` line, exit 2 (see there)

@@ -17,15 +17,14 @@ Each step has three phases (nanor1/step.py):
 runs with nanor1/sft.py's learner.
 """
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from nanor1 import distributed, sft
-from nanor1.checkpoint import resume_run, save_checkpoint
+from nanor1 import distributed, lora, sft
+from nanor1.checkpoint import make_run_folder, resume_run, save_checkpoint
 from nanor1.config import parse_args, save as save_config
 from nanor1.data import PromptStream, encode_prompts, fit_prompts, prompt_budget
 from nanor1.evaluate import evaluate
@@ -46,8 +45,6 @@ def main(argv=None):
     cfg = parse_args(argv)
     if cfg.dry_run:
         return dry_run(cfg)
-    if cfg.lora_rank:  # (until the LoRA branch lands)
-        raise NotImplementedError("--lora_rank is not in this build yet")
     if cfg.algo == "sft":  # supervised: the same machinery, another loop (below)
         return train_sft(cfg)
     d, prec, policy, tok = start(cfg)
@@ -153,31 +150,36 @@ def sft_eval(run, policy, held_out):
 
 
 def start(cfg):
-    """This process: its rank, threads, seed and precision, and the policy in fp32 (the master weights)."""
+    """This process: its rank, threads, seed and precision, and the policy (with its LoRA adapters)."""
     d = distributed.setup()
     check_world(cfg, d)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     prec = choose_precision(d.device, cfg.precision)
-    policy, tok = load_model_and_tokenizer(cfg.model, torch.float32, d.device)
+    # fp32 master weights; under LoRA the base is frozen in the compute dtype and only the adapters are fp32
+    policy, tok = load_model_and_tokenizer(cfg.model, prec.compute if cfg.lora_rank else torch.float32, d.device)
     policy.gradient_checkpointing = cfg.grad_checkpointing
+    if cfg.lora_rank:  # before sharding and the optimiser; the seed above gives every rank the same A
+        lora.apply_lora(policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, base=cfg.model)
     return d, prec, policy, tok
 
 
 def build(cfg, d, prec, run, policy, critic):
     """The learners (the policy, and PPO's critic beside it) sharded with their optimisers, and the frozen KL
     reference, which exists only when a KL term is on."""
-    learners = [PolicyLearner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)]
+    learners = [PolicyLearner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)]  # (LoRA: adapters)
     if critic is not None:  # PPO: the critic trains beside the policy, on the same batches (nanor1/ppo.py)
         critic.gradient_checkpointing = cfg.grad_checkpointing
         learners.append(CriticLearner(distributed.shard(critic, d, prec), adamw(critic, cfg, cfg.critic_lr), run))
+    if cfg.beta and cfg.lora_rank:  # the KL reference for free: the policy with its adapters disabled
+        return learners, lora.BaseView(policy)
     ref = load_model_and_tokenizer(cfg.model, torch.float32, d.device)[0].requires_grad_(False) if cfg.beta else None
     return learners, distributed.shard(ref, d, prec, frozen=True)
 
 
 def adamw(model, cfg, lr):
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+    return torch.optim.AdamW(lora.trainable(model), lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                              eps=1e-8)
 
 
@@ -271,8 +273,8 @@ def run_folder(cfg, d, task) -> Path:
     cfg.out, cfg.template = str(out), task.template if task else cfg.template
     if not cfg.resume and (out / "metrics.jsonl").exists():
         raise ValueError(f"{out} already holds a run: continue it with --resume latest, or choose another --out")
+    make_run_folder(out)  # refuses a file, a model's folder, a place nothing can be written to
     if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:  # a resume writes it after comparing with the checkpoint's settings
             save_config(cfg, out / "config.json")
         print(json.dumps(vars(cfg)))
@@ -300,7 +302,8 @@ def step_metrics(run, sums, groups, generated, seen, step):
     sums.add(completions=len(generated), reward=sum(s.reward for s in generated),
              correct=sum(task.is_correct(s.reward) for s in generated),
              completion_tokens=sum(len(s.completion) for s in generated), groups=len(groups),
-             verifier_timeouts=stats["timeouts"] - seen["timeouts"], verifier_errors=stats["errors"] - seen["errors"])
+             verifier_timeouts=stats["timeouts"] - seen["timeouts"], verifier_errors=stats["errors"] - seen["errors"],
+             verifier_budget_skipped=stats.get("budget_skipped", 0) - seen.get("budget_skipped", 0))
     if run.cfg.dynamic_sampling:  # the kept groups alone, beside everything generated
         kept = [s for g in groups for s in g]
         sums.add(kept=len(kept), reward_kept=sum(s.reward for s in kept),
@@ -334,9 +337,10 @@ def step_metrics(run, sums, groups, generated, seen, step):
         row["overlong_penalty"] = t["overlong_penalty"] / n
     if "kept" in t:
         row.update(reward_kept=t["reward_kept"] / max(t["kept"], 1), accuracy_kept=t["correct_kept"] / max(t["kept"], 1))
-    if t["verifier_timeouts"] or t["verifier_errors"]:  # rewards scored 0 because the check hung or raised
+    if t["verifier_timeouts"] or t["verifier_errors"] or t["verifier_budget_skipped"]:  # rewards scored 0 because
+        # the check hung, raised, or the round's budget ran out
         row.update(verifier_timeouts=int(t["verifier_timeouts"]), verifier_errors=int(t["verifier_errors"]),
-                   verifier_last_error=stats["last_error"])
+                   verifier_budget_skipped=int(t["verifier_budget_skipped"]), verifier_last_error=stats["last_error"])
     return row
 
 
@@ -378,7 +382,8 @@ class Log:
         self.write("metrics.jsonl", row)
         if "verifier_timeouts" in row:
             self.say(f"warning: step {row['step']}: {row['verifier_timeouts']} reward checks timed out, "
-                     f"{row['verifier_errors']} raised (last: {row['verifier_last_error']})")
+                     f"{row['verifier_errors']} raised (last: {row['verifier_last_error']}), "
+                     f"{row['verifier_budget_skipped']} not checked within --reward_budget_s")
         if row.get("skipped_steps"):
             self.say(f"warning: step {row['step']}: {row['skipped_steps']} of {row['opt_steps']} optimiser steps "
                      "skipped: the gradient norm was not finite")
@@ -402,11 +407,4 @@ class Log:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:  # bad input: one line, no traceback
-        if os.environ.get("NANOR1_TRACEBACK") == "1":  # debugging: the whole traceback instead
-            raise
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)  # (str(KeyError) adds quotes)
-        sys.exit(2)
-    distributed.exit_worker()  # under torchrun: see there why a worker leaves with os._exit
+    distributed.run_main(main)  # bad input: one `error:` line, exit 2 (see there)

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from nanor1.grpo import KL_ESTIMATORS, LOSS_TYPES, RATIO_LEVELS, SCALES
+from nanor1.lora import check_options as check_lora_options
 from nanor1.schedule import LR_SCHEDULES, lr_at, parse_length_schedule
 
 
@@ -53,6 +54,7 @@ class TrainConfig:
     reward: str = "math"  # --task jsonl: math (the MATH verifier), number (GSM8K-style), exact, countdown
     reward_fn: str = ""  # your own reward, "path/to/file.py:function" taking (completion, row) -> float
     grader: str = "builtin"  # answer checking for gsm8k, math and jsonl: builtin, or math_verify (pip install)
+    reward_budget_s: float = 120.0  # wall-clock cap on one round's reward checks; the rest score 0, counted (0 = off)
     out: str = ""  # output folder ("" = a new timestamped folder under out/)
     resume: str = ""  # "latest" = the newest checkpoint in --out, or a checkpoint folder; "" = start fresh
     config: str = ""  # a TOML file of these fields (recipes/); options on the command line override it
@@ -131,7 +133,7 @@ class TrainConfig:
         _finite(self)
         _at_least(self, 1, "steps", "prompts_per_step", "group_size", "max_completion_len", "mu", "micro_batch_size",
                   "eval_size", "keep_last")
-        _at_least(self, 0, "threads", "max_prompt_len", "warmup_steps", "eval_every", "save_every", "mini_batch_size",
+        _at_least(self, 0, "reward_budget_s", "threads", "max_prompt_len", "warmup_steps", "eval_every", "save_every", "mini_batch_size",
                   "max_refill_rounds", "log_samples_every", "top_k", "overlong_buffer", "critic_warmup", "lora_rank",
                   "micro_batch_tokens", "eval_samples")
         _one_of(self, algo=ALGOS, loss_type=LOSS_TYPES, precision=PRECISIONS, scale_rewards=SCALES,
@@ -164,8 +166,7 @@ class TrainConfig:
             raise ValueError(f"--gamma and --lam must be in [0, 1], got {self.gamma}, {self.lam}")
         if not 0 <= self.eval_temperature <= 100:
             raise ValueError(f"--eval_temperature must be in [0, 100], got {self.eval_temperature}")
-        if not self.lora_rank and (self.lora_alpha or self.lora_dropout):
-            raise ValueError("--lora_alpha / --lora_dropout are set but --lora_rank is 0 (LoRA off): set --lora_rank")
+        check_lora_options(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
         parse_length_schedule(self.max_completion_len_schedule)  # fails here, not at step 1040
         lr_at(0, 1, self.lr, self.lr_schedule, self.warmup_steps, self.warmup_ratio, self.min_lr_ratio)
         batch = self.prompts_per_step * self.group_size

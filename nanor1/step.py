@@ -95,7 +95,8 @@ def rollout_groups(run: Run, policy, row_ids, seed, budget=None):
         res = generate(policy, [run.prompts[i] for i in row_ids], budget or cfg.max_completion_len, cfg.temperature,
                        cfg.top_k, cfg.top_p, n=G, seed=seed, stop=run.stop)
     texts = run.tok.decode_batch(res.tokens)
-    rewards = run.verifier.score(texts, [run.rows[i] for i in row_ids for _ in range(G)])
+    rewards = run.verifier.score(texts, [run.rows[i] for i in row_ids for _ in range(G)],
+                                 budget_s=cfg.reward_budget_s)  # per-completion timeout inside, a cap on the whole
     samples = [Sample(run.prompts[row_ids[k // G]], res.tokens[k], res.logprobs[k], res.truncated[k], rewards[k],
                       texts[k]) for k in range(len(texts))]
     return [samples[i:i + G] for i in range(0, len(samples), G)]

@@ -5,6 +5,7 @@ MODE: step (one SGD step on a fixed batch per STEP_VARIANTS entry; grpo_clip cli
       rollout (ranks decode different numbers of steps),
       ckpt (a 2-rank checkpoint plus the logits of the sharded model),
       deal (dynamic sampling where only rank 0 finds informative groups: both ranks train on an equal share),
+      lora (LoRA under FSDP2: two AdamW steps on the adapters, a rollout, a checkpoint and its reload),
       sft (one SGD step of nanor1/sft.py's learner on ragged rows with a token budget)."""
 import os
 import sys
@@ -14,10 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from nanor1 import distributed  # noqa: E402
-from nanor1 import sft  # noqa: E402
+from nanor1 import distributed, lora, sft  # noqa: E402
 from nanor1 import step as rl  # noqa: E402
-from nanor1.checkpoint import full_state_dict, save_checkpoint  # noqa: E402
+from nanor1.checkpoint import full_state_dict, load_checkpoint, save_checkpoint  # noqa: E402
 from nanor1.config import TrainConfig  # noqa: E402
 from nanor1.model import Transformer  # noqa: E402
 from nanor1.precision import choose  # noqa: E402
@@ -124,6 +124,62 @@ def recorded_grad_norms():
         torch.nn.utils.clip_grad_norm_ = orig
 
 
+def lora_rows():
+    """4 fixed rows of a training batch: inputs (4, 10), targets (4, 10), a mask of ragged lengths (4, 10)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 97, (4, 11), generator=g)
+    mask = (torch.arange(10)[None] < torch.tensor([10, 6, 8, 3])[:, None]).float()
+    return ids[:, :-1], ids[:, 1:], mask
+
+
+def lora_steps(model, d, steps=2):
+    """LoRA (rank 4, A drawn from seed 0 on every rank) on the whole model, then FSDP2; AdamW over the adapters;
+    each rank trains on its share of lora_rows(), the loss normalised by the global token count. Returns the
+    optimiser."""
+    torch.manual_seed(0)
+    lora.apply_lora(model, 4, base="tiny")
+    distributed.shard(model, d)
+    opt = torch.optim.AdamW(lora.trainable(model), lr=1e-2)
+    ids, tgt, mask = lora_rows()
+    mine = slice(d.rank * 4 // d.world_size, (d.rank + 1) * 4 // d.world_size)
+    for _ in range(steps):
+        logp, _ = model(ids[mine], targets=tgt[mine])
+        # FSDP averages gradients over ranks; the normaliser already spans ranks, so undo the mean.
+        (-(logp * mask[mine]).sum() / mask.sum() * d.world_size).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return opt
+
+
+def lora_mode(model_dir, out, d):
+    """Results (on rank 0, in OUT/lora.pt): the full state after the steps (base and adapters), logits and greedy
+    rollout tokens of the sharded LoRA model, and the logits of a fresh model that loaded its checkpoint."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    class Tok:
+        def save_pretrained(self, path):
+            pass
+    model = Transformer.from_pretrained(model_dir, dtype=torch.float32)
+    opt = lora_steps(model, d)
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        logits = model(ids)
+    with distributed.gathered(model):  # rollouts on the live LoRA path, weights gathered once
+        tokens = generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=6, temperature=0.0).tokens
+    path = save_checkpoint(out, 1, model, opt, {"step": 1}, Tok(), d)
+    fresh = Transformer.from_pretrained(model_dir, dtype=torch.float32)
+    torch.manual_seed(7)  # another A: the checkpoint must overwrite it
+    lora.apply_lora(fresh, 4, base="tiny")
+    distributed.shard(fresh, d)
+    load_checkpoint(path, fresh, torch.optim.AdamW(lora.trainable(fresh), lr=1e-2), d)
+    with torch.no_grad():
+        reloaded = fresh(ids)
+    if d.is_main:
+        torch.save({"state": state, "logits": logits, "tokens": tokens, "reloaded": reloaded},
+                   os.path.join(out, "lora.pt"))
+
+
 def main():
     mode, model_dir, out = sys.argv[1:4]
     d = distributed.setup()
@@ -172,6 +228,8 @@ def main():
         with open(os.path.join(out, f"deal-{d.rank}.txt"), "w") as f:
             f.write(" ".join(f"{g[0].completion[0]}:{g[0].completion[1]}" for g in kept) +
                     f" | {len(generated)} {cursor}\n")
+    elif mode == "lora":
+        lora_mode(model_dir, out, d)
     elif mode == "sft":
         params, sums = sft_step(model, d, sft_examples())
         if d.is_main:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 import sample
 import train
@@ -150,24 +151,29 @@ def test_sft_memorises_pairs_and_greedy_decoding_reproduces_them(tmp_path):
     assert tok.decode_batch(res.tokens) == [c + "<|endoftext|>" for _, c in PAIRS]
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--lora_rank", "8"]], ids=["full", "lora"])
+def test_resume_is_exact(tmp_path, extra):
     """5 examples, 2 per step (steps straddle epochs), a cosine schedule with warm-up: stopped at step 2 and resumed,
-    the run writes the same metrics and the same final weights as without the stop."""
+    the run writes the same metrics and the same final weights as without the stop. With LoRA the same loop
+    trains the adapters alone (the checkpoint holds them, not the base)."""
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": p, "completion": c} for p, c in PAIRS]
                        + [{"messages": CHAT}])
     out = tmp_path / "r"
     argv = ["--algo", "sft", "--data", str(data), "--eval_data", str(data), "--steps", "4", "--prompts_per_step", "2",
             "--lr", "1e-3", "--lr_schedule", "cosine", "--warmup_steps", "1", "--eval_every", "2", "--save_every", "2",
-            "--keep_last", "3", "--threads", "1", "--out", str(out)]
+            "--keep_last", "3", "--threads", "1", "--out", str(out), *extra]
     train.main(argv)
     strip = lambda text: [{k: v for k, v in json.loads(x).items() if k != "train_s"} for x in text.splitlines()]  # noqa
     before = strip((out / "metrics.jsonl").read_text())
     train.main(argv + ["--resume", str(out / "ckpt-2")])  # sets step 3, 4 and ckpt-4 aside, then redoes them
     assert strip((out / "metrics.jsonl").read_text()) == before
     assert [r["step"] for r in before if "eval_loss" in r] == [0, 2, 4]
-    redone = Transformer.from_pretrained(out / "ckpt-4", dtype=torch.float32).state_dict()
-    first = Transformer.from_pretrained(out / "abandoned" / "ckpt-4", dtype=torch.float32).state_dict()
-    assert all(torch.equal(redone[k], first[k]) for k in first)
+    weights = "adapter_model.safetensors" if extra else "model.safetensors"
+    assert {p.name for p in (out / "ckpt-4").glob("*.safetensors")} == {weights}
+    redone, first = (load_file(out / f / weights) for f in ("ckpt-4", "abandoned/ckpt-4"))
+    start = load_file(out / "ckpt-2" / weights)
+    assert all(torch.equal(redone[k], first[k]) for k in first) and any(not torch.equal(start[k], first[k])
+                                                                        for k in first)
 
 
 @pytest.mark.parametrize("line,msg", [

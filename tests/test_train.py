@@ -53,7 +53,7 @@ class InProcessVerifier:
     def __init__(self, task):
         self.task = task
 
-    def score(self, texts, rows):
+    def score(self, texts, rows, budget_s=None):
         return [self.task.reward(t, r) for t, r in zip(texts, rows)]
 
 
@@ -208,7 +208,7 @@ def test_verifier_timeouts_reach_the_log(tmp_path, monkeypatch, capsys):
             super().__init__(task)
             self.calls, self.stats = 0, {"timeouts": 0, "errors": 0, "last_error": None}
 
-        def score(self, texts, rows):
+        def score(self, texts, rows, budget_s=None):
             self.calls += 1
             if self.calls == 3:  # call 1: the step-0 eval, call 2: step 1, call 3: step 2
                 self.stats.update(timeouts=2, errors=1, last_error="ZeroDivisionError: boom")

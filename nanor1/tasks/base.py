@@ -12,10 +12,12 @@ def read_jsonl(path, required=()):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} not found (see data/*/SOURCE.md)")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
             try:
-                obj = json.loads(line)
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{n}: not UTF-8 text") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
@@ -24,6 +26,8 @@ def read_jsonl(path, required=()):
             if missing:
                 raise ValueError(f"{path}:{n}: missing key(s) {missing}")
             out.append(obj)
+    if not out:  # caught here, not as a ZeroDivisionError when the trainer draws its first prompt
+        raise ValueError(f"data file {path} is empty: no rows")
     return out
 
 
@@ -68,7 +72,10 @@ class Task:
 
     def _cached(self, split):
         if split not in self._rows:
-            self._rows[split] = self.load(split)
+            rows = self.load(split)
+            if not rows:  # a file too short for the split's rows: training or scoring nothing is no result
+                raise ValueError(f"task {self.name!r}: split {split!r} has no rows (data under {self.data_dir})")
+            self._rows[split] = rows
         return self._rows[split]
 
     def load(self, split):

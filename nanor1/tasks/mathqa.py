@@ -43,7 +43,13 @@ class GSM8K(_QATask):
         path = os.path.join(self.data_dir, "gsm8k", f"{split}.jsonl")
         rows = []
         for i, obj in enumerate(read_jsonl(path, required=("question", "answer"))):
-            gold = obj["answer"].rsplit("####", 1)[-1].strip().replace(",", "") if "####" in obj["answer"] else ""
+            answer = obj["answer"]
+            if type(answer) in (int, float):  # a bare JSON number is the gold answer itself
+                answer = f"#### {answer}"
+            if not isinstance(answer, str) or not isinstance(obj["question"], str):
+                raise ValueError(f"{path}:{i + 1}: 'question' must be a string and 'answer' a string ending in "
+                                 f"'#### <number>' (or a number), got {obj['answer']!r}"[:300])
+            gold = answer.rsplit("####", 1)[-1].strip().replace(",", "") if "####" in answer else ""
             if not re.fullmatch(r"-?\d+(\.\d+)?", gold):
                 raise ValueError(f"{path}:{i + 1}: answer has no number after '####'")
             rows.append({"id": f"gsm8k/{split}/{i}", "index": i, "question": obj["question"], "gold": gold})
@@ -80,6 +86,8 @@ class MATH(_QATask):
                 gold = str(gold)  # AMC23 stores answers as JSON floats, 27.0
             if not isinstance(gold, str) or not gold.strip():
                 raise ValueError(f"{path}:{i + 1}: empty or non-string answer {obj['answer']!r}")
+            if not isinstance(obj[key], str):
+                raise ValueError(f"{path}:{i + 1}: {key!r} must be a string, got {obj[key]!r}"[:300])
             rows.append({"id": f"{split}/{i}", "index": i, "question": obj[key], "gold": gold})
         return rows
 
