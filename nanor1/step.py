@@ -67,7 +67,9 @@ def collect(run: Run, policy, step: int, cursor: int, budget=None):
     """This rank's rollout batch: a list of groups (each G samples), the samples of every group generated (for
     the metrics), and the new cursor. With dynamic sampling (DAPO), groups whose rewards are all equal carry
     no signal and are dropped; new prompts are drawn until every rank holds P / ranks groups or the
-    refill cap is reached (then the step goes on with what it has: the log says so in `refill_cap_hit`)."""
+    refill cap is reached (then the step goes on with what it has: the log says so in `refill_cap_hit`, and
+    warns; veRL's DAPO recipe raises at its cap, max_num_gen_batches, but a long run had better train on fewer
+    groups for a step than stop)."""
     cfg, d = run.cfg, run.d
     P_rank = cfg.prompts_per_step // d.world_size
     kept, generated = [], []

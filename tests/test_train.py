@@ -304,14 +304,16 @@ def test_dynamic_sampling_at_the_refill_cap_trains_on_what_it_kept(folder, capsy
     assert groups  # the second case kept some groups
 
 
-def test_refill_cap_warning_on_the_console(tmp_path, capsys):
+def test_refill_cap_and_skipped_steps_warn_on_the_console(tmp_path, capsys):
     cfg = TrainConfig(prompts_per_step=8, max_refill_rounds=2, log_samples_every=0)
     row = dict(step=3, reward=0.5, accuracy=0.0, response_length=4.0, groups=5, refill_cap_hit=1, lr=0.1,
-               rollout_s=0.0, train_s=0.0)
+               rollout_s=0.0, train_s=0.0, opt_steps=2, skipped_steps=1, clip_frac=0.0, grad_norm=float("inf"))
     train.Log(tmp_path, Dist()).step(row, [], cfg, 0.0)
-    assert ("warning: step 3: dynamic sampling kept 5 of 8 groups after --max_refill_rounds 2: training on those"
-            in capsys.readouterr().out)
-    assert json.loads((tmp_path / "metrics.jsonl").read_text())["refill_cap_hit"] == 1
+    out = capsys.readouterr().out
+    assert "warning: step 3: dynamic sampling kept 5 of 8 groups after --max_refill_rounds 2: training on those" in out
+    assert "warning: step 3: 1 of 2 optimiser steps skipped: the gradient norm was not finite" in out
+    logged = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert (logged["refill_cap_hit"], logged["skipped_steps"]) == (1, 1)
 
 
 def test_a_non_finite_gradient_skips_the_step_and_leaves_the_weights(folder):
