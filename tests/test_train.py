@@ -408,8 +408,9 @@ def test_completion_only_logprobs_equal_the_full_ones(folder):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: counts the host's waits for the GPU")
 def test_update_waits_for_the_gpu_once_per_optimiser_step(folder):
     """torch's sync debug mode warns at every host sync (an .item(), a bool of a GPU tensor, a blocking copy).
-    In update(), our code may wait only at the non-finite check of each optimiser step (4 here: mu 2 x 2
-    mini-batches, over 16 micro-batches). Syncs inside backward() are torch's kernels (listed, not counted)."""
+    In update(), the host may wait only at the non-finite check of each optimiser step (4 here: mu 2 x 2
+    mini-batches, over 16 micro-batches): not in the forward, the loss, the statistics, the clip or AdamW.
+    Syncs inside backward() are torch's kernels (listed in the message, not counted)."""
     from tests.dist_worker import fixed_groups
     dev = torch.device("cuda")
     model = Transformer.from_pretrained(folder, dtype=torch.float32, device=dev)
@@ -429,10 +430,12 @@ def test_update_waits_for_the_gpu_once_per_optimiser_step(folder):
             rl.update(run, batch, learners, 0, lambda s: cfg.lr, sums)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [(w.filename.split("/")[-1], w.lineno) for w in caught if "synchroniz" in str(w.message)]
-    backward = [s for s in syncs if s[0] == "step.py" and ".backward()" in linecache.getline(rl.__file__, s[1])]
-    ours = [s for s in syncs if s not in backward]
+    # A warning names the innermost Python frame: a sync in our code names our line; one in a backward kernel
+    # names torch's autograd entry (the engine replays its warnings there once backward() ends).
+    syncs = [(w.filename, w.lineno) for w in caught if "synchroniz" in str(w.message)]
+    backward = [s for s in syncs if "/torch/autograd/" in s[0] or s[0].endswith("torch/_tensor.py")]
+    ours = [(f"{f.split('/')[-1]}:{n}", linecache.getline(f, n).strip()) for f, n in syncs if (f, n) not in backward]
     steps = int(sums.sums["opt_steps"])
-    print(f"host syncs in update(): {len(ours)} in nanoR1's code for {steps} optimiser steps, {len(backward)} "
+    print(f"host syncs in update(): {len(ours)} outside backward() for {steps} optimiser steps, {len(backward)} "
           f"inside backward()")
     assert steps == 4 and len(ours) == steps, (ours, backward)
