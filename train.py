@@ -337,6 +337,8 @@ def step_metrics(run, sums, groups, generated, seen, step):
         row["overlong_penalty"] = t["overlong_penalty"] / n
     if "kept" in t:
         row.update(reward_kept=t["reward_kept"] / max(t["kept"], 1), accuracy_kept=t["correct_kept"] / max(t["kept"], 1))
+        # collect() stops refilling once every rank holds its share, so fewer groups means the refill cap was hit
+        row["refill_cap_hit"] = int(row["groups"] < run.cfg.prompts_per_step)
     if t["verifier_timeouts"] or t["verifier_errors"] or t["verifier_budget_skipped"]:  # rewards scored 0 because
         # the check hung, raised, or the round's budget ran out
         row.update(verifier_timeouts=int(t["verifier_timeouts"]), verifier_errors=int(t["verifier_errors"]),
@@ -384,6 +386,9 @@ class Log:
             self.say(f"warning: step {row['step']}: {row['verifier_timeouts']} reward checks timed out, "
                      f"{row['verifier_errors']} raised (last: {row['verifier_last_error']}), "
                      f"{row['verifier_budget_skipped']} not checked within --reward_budget_s")
+        if row.get("refill_cap_hit"):
+            self.say(f"warning: step {row['step']}: dynamic sampling kept {row['groups']} of {cfg.prompts_per_step} "
+                     f"groups after --max_refill_rounds {cfg.max_refill_rounds}: training on those")
         if row.get("skipped_steps"):
             self.say(f"warning: step {row['step']}: {row['skipped_steps']} of {row['opt_steps']} optimiser steps "
                      "skipped: the gradient norm was not finite")

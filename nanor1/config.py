@@ -74,7 +74,7 @@ class TrainConfig:
     top_p: float = 1.0  # rollout nucleus sampling (1 = off)
     top_k: int = 0  # rollout top-k (0 = off)
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, generate more until the batch is full
-    max_refill_rounds: int = 3  # cap on dynamic-sampling rounds per step; at the cap the step trains on what it has
+    max_refill_rounds: int = 3  # dynamic-sampling refills per step; at the cap: train on what was kept (refill_cap_hit)
     mask_truncated: bool = False  # no loss on completions cut by max_completion_len (DAPO overlong filter)
     overlong_buffer: int = 0  # DAPO soft overlong punishment over the budget's last N tokens (0 = off)
     overlong_penalty: float = 1.0  # reward subtracted at the full budget, linear over the buffer (DAPO: 1.0)

@@ -235,7 +235,7 @@ class CriticLearner:
             mb = batch.select(idx)
             with run.prec.autocast():
                 v = self.critic(mb.ids)  # (b, T)
-            values[torch.tensor(idx, device=mask.device), :v.shape[1]] = v
+            values[torch.tensor(idx).to(mask.device, non_blocking=True), :v.shape[1]] = v  # no wait for the GPU
         r = token_rewards(rewards, mask, kl, cfg.beta) if kl is not None else token_rewards(rewards, mask)
         adv, returns = gae(r, values, mask, cfg.gamma, cfg.lam)
         ranks = lambda t: all_reduce(t, run.d)  # noqa: E731

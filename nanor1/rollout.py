@@ -7,7 +7,10 @@
     generate(...)                    the loop: sample, record, drop finished rows from the cache, repeat
 
 Why the trainer's own model: no weight copy to an inference engine, and the sampler and the trainer score the
-same distribution (the `logprob_mismatch` metric; kernels/logprob.py rounds its logits as this head does).
+same weights with the same head: kernels/logprob.py rounds its bf16 logits as this head does. What is left of the
+gap (the `logprob_mismatch` metric) is bf16 rounding inside the body, where a cached decode step and the
+trainer's full forward add in different orders: 7e-4 to 1.3e-3 nats per token on the tiny demo with
+`--precision bf16`, 4e-7 in fp32 (BENCHMARKS.md). `--tis_cap` corrects for what remains (nanor1/grpo.py).
 
 Randomness is drawn per (seed, sequence, position): the sampler's noise for token t of sequence s is keyed
 by s * max_new_tokens + t, so batch composition and compaction never change what a sequence samples.

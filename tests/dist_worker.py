@@ -6,6 +6,7 @@ MODE: step (one SGD step on a fixed batch per STEP_VARIANTS entry; grpo_clip cli
       ckpt (a 2-rank checkpoint plus the logits of the sharded model),
       deal (dynamic sampling where only rank 0 finds informative groups: both ranks train on an equal share),
       lora (LoRA under FSDP2: two AdamW steps on the adapters, a rollout, a checkpoint and its reload),
+      bf16 (log-probs and one step under --precision bf16: FSDP's bf16 policy with CPU autocast),
       sft (one SGD step of nanor1/sft.py's learner on ragged rows with a token budget)."""
 import os
 import sys
@@ -51,16 +52,16 @@ def step_cfg(loss_type, grad_clip=0.0):
                        loss_type=loss_type, max_completion_len=6, mu=2, mini_batch_size=8, lr=0.5)
 
 
-def train_step(cfg, model, opt, groups, d, rows=()):
+def train_step(cfg, model, opt, groups, d, rows=(), precision="fp32"):
     """score + update on fixed groups, as train.py's loop runs them."""
-    run = rl.Run(cfg=cfg, d=d, prec=choose(d.device, "fp32"), tok=None, task=None, rows=list(rows), prompts=[],
+    run = rl.Run(cfg=cfg, d=d, prec=choose(d.device, precision), tok=None, task=None, rows=list(rows), prompts=[],
                  stream=None, verifier=None, stop=None)
     batch, sums = rl.score(run, groups, model, None)
     rl.update(run, batch, [rl.PolicyLearner(model, opt, run)], 0, lambda s: cfg.lr, sums)
     return sums.reduce(d)
 
 
-def one_step(model, d, variant):
+def one_step(model, d, variant, precision="fp32"):
     """Each rank trains on its own whole groups; returns the full parameters after one SGD step per mini-batch.
     variant: a key of STEP_VARIANTS."""
     loss_type, grad_clip = STEP_VARIANTS[variant]
@@ -68,7 +69,7 @@ def one_step(model, d, variant):
     per_rank = len(groups) // d.world_size
     mine = groups[d.rank * per_rank:(d.rank + 1) * per_rank]
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    train_step(step_cfg(loss_type, grad_clip), model, opt, mine, d)
+    train_step(step_cfg(loss_type, grad_clip), model, opt, mine, d, precision=precision)
     return {k: v.clone() for k, v in full_state_dict(model, d).items()}
 
 
@@ -97,6 +98,14 @@ def sft_step(model, d, examples):
     rl.update(run, batch, [sft.Learner(model, torch.optim.SGD(model.parameters(), lr=0.5), run)], 0, lambda s: 0.5,
               sums)
     return {k: v.clone() for k, v in full_state_dict(model, d).items()}, sums.reduce(d)
+
+
+def bf16_logprobs(model, d, part):
+    """(B, T) log-probs of fixed_groups()'s share `part` (of 2) under --precision bf16 (CPU autocast)."""
+    groups = fixed_groups()[part * 2:(part + 1) * 2]
+    run = rl.Run(cfg=step_cfg("grpo"), d=d, prec=choose(d.device, "bf16"), tok=None, task=None, rows=[],
+                 prompts=[], stream=None, verifier=None, stop=None)
+    return rl.logprobs(run, model, rl.pack([s for g in groups for s in g], d.device))
 
 
 @contextmanager
@@ -185,10 +194,10 @@ def main():
     d = distributed.setup()
     torch.manual_seed(0)
 
-    def load(checkpointing=False):
+    def load(checkpointing=False, precision="fp32"):
         m = Transformer.from_pretrained(model_dir, dtype=torch.float32)
         m.gradient_checkpointing = checkpointing  # each block recomputed in backward, inside its FSDP unit
-        return distributed.shard(m, d)
+        return distributed.shard(m, d, choose(d.device, precision))
     model = load()
     if mode == "step":
         result = {"grpo": one_step(model, d, "grpo"), "dapo": one_step(load(), d, "dapo"),
@@ -201,6 +210,14 @@ def main():
         result["grpo_clip_norms"] = distributed.all_reduce(per_rank, d)
         if d.is_main:
             torch.save(result, os.path.join(out, "params.pt"))
+    elif mode == "bf16":  # --precision bf16: FSDP's bf16 gathers + autocast, as one process's autocast
+        logp = bf16_logprobs(load(precision="bf16"), d, d.rank)
+        every = distributed.all_gather(torch.nn.functional.pad(logp, (0, 16 - logp.shape[1])), d)  # (W, B, 16)
+        # A fresh model: after a forward FSDP2's root stays unsharded, and an optimiser built then would hold
+        # the temporary unsharded tensors of the embedding and final norm (train.py builds it before any forward).
+        params = one_step(load(precision="bf16"), d, "grpo", precision="bf16")
+        if d.is_main:
+            torch.save({"logp": every, "params": params}, os.path.join(out, "bf16.pt"))
     elif mode == "rollout":
         prompts = [[1, 2, 3], [4, 5]] if d.rank == 0 else [[7, 8, 9, 10]]
         with distributed.gathered(model):

@@ -137,3 +137,31 @@ def test_torchrun_train_with_reference_model_and_mini_batches(tmp_path):
              "--prompts_per_step", "8", "--group_size", "4", "--eval_size", "16", "--threads", "1", timeout=600)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"reward"' in x]
     assert [r["step"] for r in rows] == [1, 2] and all(r["kl"] >= 0 for r in rows) and rows[1]["kl"] > 0
+
+
+def test_two_ranks_compute_bf16_as_one_process(folder, tmp_path):
+    """--precision bf16 (nanor1/precision.py): FSDP2 all-gathers bf16 weights and runs under the same autocast
+    as one process over fp32 weights, with the model's fp32 residual stream on both paths. Each rank's
+    log-probs equal one process's on the same rows, bit for bit; one step (gradients reduced in fp32 over
+    the ranks, where one process sums over all rows in one backward) agrees to bf16 rounding."""
+    torchrun("tests/dist_worker.py", "bf16", folder, tmp_path)
+    two = torch.load(tmp_path / "bf16.pt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers ran
+    try:
+        for rank in range(2):
+            one = dist_worker.bf16_logprobs(Transformer.from_pretrained(folder, dtype=torch.float32), Dist(), rank)
+            theirs = two["logp"][rank, :, :one.shape[1]]
+            diff = (theirs - one).abs().max().item()
+            assert diff == 0, f"rank {rank}: bf16 log-probs differ from one process's by up to {diff:.2e}"
+        torch.manual_seed(0)
+        one = dist_worker.one_step(Transformer.from_pretrained(folder, dtype=torch.float32), Dist(), "grpo",
+                                   precision="bf16")
+    finally:
+        torch.set_num_threads(threads)
+    base = Transformer.from_pretrained(folder, dtype=torch.float32).state_dict()
+    moved = torch.cat([(one[k] - base[k]).flatten() for k in one])
+    gap = torch.cat([(two["params"][k] - one[k]).flatten() for k in one])
+    print(f"bf16 step: |two - one| max {gap.abs().max():.2e}, relative to the step {gap.norm() / moved.norm():.2e}")
+    assert moved.abs().max() > 1e-2
+    assert gap.norm() / moved.norm() < 1e-2  # bf16 keeps 8 bits: gradients rounded per rank differ at ~4e-3
