@@ -4,6 +4,8 @@
     python scripts/compare.py --threads 1              on a shared machine: one thread per run
     python scripts/compare.py --only ppo --steps 40    some of the runs, fewer steps
     python scripts/compare.py --plot_only              redraw the figure and the table from finished runs
+    python scripts/compare.py --out out/cmp-gsm8k --model Qwen2.5-0.5B --task gsm8k --lr 1e-6
+                                                       any other option goes to every run's train.py
 
 Each run is `python train.py` with the demo's defaults (32 prompts x 8 completions, lr 3e-5, greedy pass@1 on
 200 held-out problems every 10 steps), the same --seed and --steps, plus only what names the algorithm (RUNS
@@ -11,12 +13,12 @@ below). They run one after another, each in its own process, into OUT/<name>/. A
 holds its last evaluation is not run again (its timings are read from OUT/<name>/compare.json); delete the
 folder to rerun it.
 
-The table (for BENCHMARKS.md): held-out accuracy at step 0, at the end and at its best; the first evaluated step
-at or above 0.9; the command's wall time and its CPU time (user + sys, children included: on a machine shared
-with other jobs the wall time grows and the CPU time does not); the mean step time (rollout + update, as the
-run logged it). The figure: held-out accuracy against step and against training time (the summed rollout and
-update times, evaluation excluded), the rollouts' reward, completion length, entropy, and PPO's explained
-variance.
+The table (for BENCHMARKS.md): held-out accuracy at steps 0, 10, 20, 30, 40 and at the end; the first evaluated
+step at or above 0.9; completion length and entropy (means of the last 10 steps); the command's wall time and
+its CPU time (user + sys, children included: on a machine shared with other jobs the wall time grows and the
+CPU time does not); the mean step time (rollout + update, as the run logged it). The figure: held-out accuracy
+against step and against training time (the summed rollout and update times, evaluation excluded), the
+rollouts' reward, completion length, entropy, and PPO's explained variance.
 
 matplotlib is needed by the figure alone (pip install matplotlib); nanor1 itself does not use it.
 """
@@ -76,22 +78,30 @@ def summary(name, folder):
     """One row of the table."""
     train, evals = read_metrics(folder)
     timing = json.loads((Path(folder) / "compare.json").read_text())
-    acc = [e["eval_accuracy"] for e in evals]
-    reached = next((e["step"] for e in evals if e["eval_accuracy"] >= 0.9), None)
-    step_s = [r["rollout_s"] + r["train_s"] for r in train]
-    return {"name": name, "options": " ".join(timing["args"]) or "(the demo's defaults)", "start": acc[0],
-            "final": acc[-1], "peak": max(acc), "to_0.9": reached, "wall_s": timing["wall_s"],
-            "cpu_s": timing["cpu_s"], "step_s": sum(step_s) / len(step_s), "load": (timing["load_start"],
-                                                                                    timing["load_end"])}
+    last = train[-10:]  # the last 10 steps: the per-step means of 256 rollouts are noisy
+    return {"name": name, "options": " ".join(timing["args"]) or "(the demo's defaults)",
+            "acc": {e["step"]: e["eval_accuracy"] for e in evals},
+            "to_0.9": next((e["step"] for e in evals if e["eval_accuracy"] >= 0.9), None),
+            "length": sum(r["response_length"] for r in last) / len(last),
+            "entropy": sum(r["entropy"] for r in last if "entropy" in r) / max(1, sum("entropy" in r for r in last)),
+            "wall_s": timing["wall_s"], "cpu_s": timing["cpu_s"],
+            "step_s": sum(r["rollout_s"] + r["train_s"] for r in train) / len(train),
+            "load": (timing["load_start"], timing["load_end"])}
 
 
-def table(rows):
-    lines = ["| run | options | eval acc step 0 | final | peak | first step >= 0.9 | wall | CPU (user + sys) | "
-             "mean step (rollout + update) | load avg start -> end |", "|---" * 10 + "|"]
+def table(rows, at=(0, 10, 20, 30, 40)):
+    """Held-out pass@1 at the steps `at` and at the end; length and entropy as the last 10 steps' means."""
+    end = max(max(r["acc"]) for r in rows)
+    steps = [s for s in at if s < end] + [end]
+    cols = ["run", "options", *[f"pass@1 step {s}" for s in steps], "first step >= 0.9", "length (tokens)",
+            "entropy (nats/token)", "wall", "CPU (user + sys)", "mean step (rollout + update)", "load avg start -> end"]
+    lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for r in rows:
-        lines.append(f"| {r['name']} | `{r['options']}` | {r['start']:.3f} | {r['final']:.3f} | {r['peak']:.3f} | "
-                     f"{r['to_0.9'] if r['to_0.9'] is not None else 'never'} | {r['wall_s'] / 60:.1f} min | "
-                     f"{r['cpu_s'] / 60:.1f} min | {r['step_s']:.2f} s | {r['load'][0]:.1f} -> {r['load'][1]:.1f} |")
+        acc = [f"{r['acc'][s]:.3f}" if s in r["acc"] else "" for s in steps]
+        cells = [r["name"], f"`{r['options']}`", *acc, str(r["to_0.9"]) if r["to_0.9"] is not None else "never",
+                 f"{r['length']:.1f}", f"{r['entropy']:.4f}", f"{r['wall_s'] / 60:.1f} min", f"{r['cpu_s'] / 60:.1f} min",
+                 f"{r['step_s']:.2f} s", f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -143,7 +153,8 @@ def plot(names, out, png):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--out", default="out/compare", help="folder of the runs (one subfolder each)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -151,7 +162,7 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated names of RUNS (default: all)")
     ap.add_argument("--png", default=str(ROOT / "docs" / "compare.png"))
     ap.add_argument("--plot_only", action="store_true", help="no runs: the figure and table from finished ones")
-    a = ap.parse_args()
+    a, shared = ap.parse_known_args()  # the rest goes to every run: --model DIR --task NAME ...
     names = a.only.split(",") if a.only else list(RUNS)
     unknown = [n for n in names if n not in RUNS]
     if unknown:
@@ -162,14 +173,14 @@ def main():
             continue
         if (Path(a.out) / name).exists():
             sys.exit(f"error: {Path(a.out) / name} holds an unfinished or other run: delete it to rerun")
-        run_one(name, RUNS[name], a)
+        run_one(name, shared + RUNS[name], a)
     done = [n for n in names if finished(Path(a.out) / n, a.steps)]
     if not done:
         sys.exit(f"error: no finished run of {a.steps} steps in {a.out}")
     if not a.plot_only:
         print(f"all runs: {(time.time() - t0) / 60:.1f} min wall (runs already finished not counted)")
-    plot(done, a.out, a.png)
-    print(table([summary(n, Path(a.out) / n) for n in done]))
+    print(table([summary(n, Path(a.out) / n) for n in done]), flush=True)
+    plot(done, a.out, a.png)  # last: without matplotlib the runs and the table are still there
 
 
 if __name__ == "__main__":
