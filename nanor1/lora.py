@@ -286,25 +286,6 @@ def read_adapter(model, path):
     return {k: found[k].float() for k in keys}
 
 
-def load_adapter_model(cls, path, dtype=torch.bfloat16, device="cpu"):
-    """Transformer.from_pretrained on an adapter folder: the base named by base_model_name_or_path (in `dtype`),
-    LoRA applied as the folder's config says, then its adapters (fp32)."""
-    from nanor1.weights import load_pretrained
-    cfg = read_adapter_config(path)
-    if not cfg.base or not (Path(cfg.base) / "config.json").is_file():
-        raise FileNotFoundError(f"{Path(path) / 'adapter_config.json'}: base model {cfg.base!r} "
-                                "(base_model_name_or_path) not found: the adapters need the model they were "
-                                "trained on; edit that field to where it lives")
-    model = load_pretrained(cls, cfg.base, dtype=dtype, device=device)
-    apply_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, base=cfg.base)
-    state = read_adapter(model, path)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in state:
-                p.copy_(state[name])
-    return model
-
-
 def merged_state_dict(model, dtype=None):
     """The full HF state dict of base + adapters: target weights W + s B A (fp32 math, rounded once to `dtype`,
     default W's), the other tensors as they are; no adapter keys. What scripts/merge_lora.py writes."""
