@@ -41,7 +41,8 @@ def default_model():
     ckpts = [c for run in Path("out").glob("*") if run.is_dir() for c in list_checkpoints(run)]
     for ck in sorted(ckpts, key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            verify_checkpoint(ck, ["config.json", "model.safetensors"])
+            verify_checkpoint(ck, ["config.json", "model.safetensors", "adapter_config.json",
+                                   "adapter_model.safetensors"])  # those of the four it holds
             return str(ck)
         except (ValueError, FileNotFoundError) as e:
             print(f"warning: skipping {ck}: {e}", file=sys.stderr)

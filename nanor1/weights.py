@@ -250,6 +250,8 @@ def config_dict(cfg: ModelConfig) -> dict:
 def load_adapter_model(cls, path, dtype=torch.bfloat16, device="cpu"):
     """Transformer.from_pretrained on an adapter folder: the base named by base_model_name_or_path (in `dtype`),
     LoRA applied as the folder's config says, then its adapters (fp32)."""
+    if (Path(path) / MANIFEST).is_file():  # a nanoR1 checkpoint: its files must match the checksums of the save
+        verify_checkpoint(path, ["adapter_config.json", "adapter_model.safetensors"])
     cfg = lora.read_adapter_config(path)
     if not cfg.base or not (Path(cfg.base) / "config.json").is_file():
         raise FileNotFoundError(f"{Path(path) / 'adapter_config.json'}: base model {cfg.base!r} "

@@ -164,6 +164,72 @@ def test_float16_and_bfloat16_weights_load(tmp_path):
         assert torch.isfinite(m(torch.tensor([[1, 2, 3]]))).all()
 
 
+BAD_ADAPTER_FILES = [
+    # (id, file, bytes (or None: flip bytes of the saved file at the same size), words the error must hold)
+    ("adapter-config-binary", "adapter_config.json", b"\xff\xfe\x00garbage", ["adapter_config.json", "not UTF-8"]),
+    ("adapter-config-null", "adapter_config.json", b"null", ["adapter_config.json", "JSON object"]),
+    ("adapter-config-torn", "adapter_config.json", b'{"peft_type": "LORA", "r', ["adapter_config.json",
+                                                                                 "not valid JSON"]),
+    ("adapter-config-no-r", "adapter_config.json", "drop r", ["adapter_config.json", "r (the adapters' rank)"]),
+    ("adapter-weights-zeros", "adapter_model.safetensors", "zeros", ["adapter_model.safetensors",
+                                                                     "not a readable safetensors file"]),
+    ("adapter-weights-flipped", "adapter_model.safetensors", "flip", ["adapter_model.safetensors", "sha256"]),
+]
+
+
+@needs_tiny
+@pytest.mark.parametrize("case", BAD_ADAPTER_FILES, ids=[c[0] for c in BAD_ADAPTER_FILES])
+def test_bad_lora_checkpoint_is_one_error_line(case, tmp_path, monkeypatch, capsys):
+    """A LoRA checkpoint (PEFT's adapter layout) is checked on load like a full one: its manifest first (same
+    size, other bytes), then each file; sample.py prints one `error:` line naming the file."""
+    from nanor1 import lora
+    _, file, how, words = case
+    base = tmp_path / "base"
+    shutil.copytree(TINY, base)
+    model = lora.apply_lora(Transformer.from_pretrained(base, dtype=torch.float32), 4, base=str(base))
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(base / name, ckpt / name)
+    if how == "flip":  # the manifest was written by the save: bytes changed later are found by their hash
+        write_manifest(ckpt)
+        data = bytearray((ckpt / file).read_bytes())
+        data[-8:] = bytes(b ^ 0xFF for b in data[-8:])  # (B starts at zero: flip, do not zero)
+        (ckpt / file).write_bytes(bytes(data))
+    elif how == "zeros":
+        (ckpt / file).write_bytes(bytes((ckpt / file).stat().st_size))
+    elif how == "drop r":
+        raw = json.loads((ckpt / file).read_text())
+        del raw["r"]
+        (ckpt / file).write_text(json.dumps(raw))
+    else:
+        (ckpt / file).write_bytes(how)
+    code, err = entry_point("sample.py", ["--model", ckpt, "--prompt", "1+1=", "--max_new_tokens", "2"],
+                            monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def test_out_refuses_model_folders_of_every_layout(tmp_path):
+    """--out on a PEFT adapter folder or an HF folder whose weights are pytorch_model.bin: refused, as a
+    safetensors model folder is (the run's config.json would overwrite the model's)."""
+    for name, content in (("adapter_config.json", "{}"), ("pytorch_model.bin", "")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / name).write_text(content)
+        with pytest.raises(ValueError, match=name):
+            make_run_folder(folder)
+    folder = tmp_path / "config-only"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "qwen2"}')
+    with pytest.raises(ValueError, match="model_type"):
+        make_run_folder(folder)
+    (folder / "config.json").write_text('{"algo": "grpo", "steps": 3}')  # a run's own config.json: fine
+    assert make_run_folder(folder) == folder
+
+
 # ------------------------------------------------------------------------------------------------------ data files
 
 def _gsm8k_dir(tmp_path, lines):
