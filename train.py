@@ -75,12 +75,7 @@ def main(argv=None):
         row = step_metrics(run, sums, groups, generated, seen, step)
         row.update(lr=lr(max(opt_step - 1, 0)), max_completion_len=budget, rollout_s=t1 - t0, train_s=t2 - t1)
         log.step(row, generated, cfg, tokens_per_s=row["response_length"] * row["completions"] / max(t2 - t0, 1e-9))
-        # A step whose every optimiser step had a non-finite gradient changed nothing; three in a row is a run
-        # that cannot train (an lr of inf, NaN weights): stop rather than save garbage.
-        failed = failed + 1 if row.get("skipped_steps", 0) and row["skipped_steps"] == row["opt_steps"] else 0
-        if failed == 3:
-            raise ValueError(f"step {step}: the gradient norm was not finite in the last 3 steps (check --lr, the "
-                             "model's weights, --grad_clip): stopping without saving")
+        failed = count_failed(failed, row.get("skipped_steps", 0), row.get("opt_steps", 0), step)
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             log.eval(step, run_eval(run, policy))
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
@@ -93,6 +88,16 @@ def main(argv=None):
     run.verifier.close()
     distributed.teardown(d)
     return out
+
+
+def count_failed(failed, skipped, opt_steps, step):
+    """Steps in a row whose every optimiser step was skipped (a non-finite gradient norm): such a step changed
+    nothing, and three in a row is a run that cannot train (an lr of inf, NaN weights): stop rather than save."""
+    failed = failed + 1 if skipped and skipped == opt_steps else 0
+    if failed == 3:
+        raise ValueError(f"step {step}: the gradient norm was not finite in the last 3 steps (check --lr, the "
+                         "model's weights, --grad_clip): stopping without saving")
+    return failed
 
 
 def train_sft(cfg):
@@ -110,7 +115,7 @@ def train_sft(cfg):
     out = run_folder(cfg, d, task)
     learner = sft.Learner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)
     state = resume_run(cfg, out, policy, learner.opt, d) if cfg.resume else dict(step=0, cursor=0, opt_step=0)
-    step, cursor, opt_step = state["step"], state["cursor"], state["opt_step"]
+    step, cursor, opt_step, failed = state["step"], state["cursor"], state["opt_step"], 0
     log, lr = Log(out, d), schedule_of(cfg, d)
     log.say(sft.describe(examples, held_out, cfg))
     if step == 0:
@@ -129,6 +134,7 @@ def train_sft(cfg):
         if t["skipped_steps"]:
             row["skipped_steps"] = int(t["skipped_steps"] / d.world_size)
         log.sft_step(row)
+        failed = count_failed(failed, row.get("skipped_steps", 0), t["opt_steps"] / d.world_size, step)
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             log.eval(step, sft_eval(run, policy, held_out))
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:

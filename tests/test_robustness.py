@@ -634,3 +634,28 @@ def test_step_budget_scores_the_rest_zero_and_counts_them():
         assert v.stats["budget_skipped"] == 3 and v.stats["timeouts"] == 0 and v.stats["errors"] == 0
         assert took < 3.0 + 2.0, took  # the budget, plus the kill; never the 30 s timeout
         assert v.score(["ok", "ok"], [{}] * 2, budget_s=30.0) == [1.0, 1.0]  # a fresh worker takes over
+
+
+@needs_tiny
+@pytest.mark.parametrize("algo", ["grpo", "sft"])
+def test_a_run_that_only_ever_skips_stops_without_saving(algo, tmp_path, monkeypatch):
+    """Every optimiser step skipped (a non-finite gradient norm, planted here): the run stops with one error at
+    the third such step, before saving it, for RL and SFT alike (steps 1 and 2 left the weights as they were)."""
+    from nanor1 import sft, step
+
+    def never(model, opt, lr, grad_clip):
+        opt.zero_grad(set_to_none=True)
+        return torch.tensor(float("inf")), False
+
+    monkeypatch.setattr(step, "optimiser_step", never)
+    monkeypatch.setattr(sft, "optimiser_step", never)
+    args = ["--out", tmp_path / "run", "--steps", "5", "--save_every", "1", "--eval_every", "0", "--threads", "1",
+            "--prompts_per_step", "4", "--group_size", "4", "--max_completion_len", "8"]
+    if algo == "sft":
+        data = tmp_path / "sft.jsonl"
+        data.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "completion": f" {i + 1}"}) + "\n"
+                                for i in range(8)))
+        args += ["--algo", "sft", "--data", data]
+    with pytest.raises(ValueError, match="step 3: the gradient norm was not finite in the last 3 steps"):
+        train.main([str(a) for a in args])
+    assert [c.name for c in list_checkpoints(tmp_path / "run")] == ["ckpt-1", "ckpt-2"]
