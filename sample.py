@@ -61,7 +61,7 @@ def main(argv=None):
     path = cfg.model or default_model()
     # Inference needs no fp32 master weights: load them in the compute dtype.
     model, tok = load_model_and_tokenizer(path, prec.compute, device)
-    task = get_task(cfg.task, cfg.template or None)
+    task = get_task(cfg.task, cfg.template or None, grader=cfg.grader)
     budget = cfg.max_new_tokens or task.completion_len
     if cfg.eval:
         return run_eval(cfg, path, model, tok, task, prec, budget)

@@ -54,6 +54,7 @@ def test_out_that_cannot_be_a_run_folder(tmp_path, monkeypatch, capsys):
     (["--eval", "--limit", "-1"], "--limit must be >= 0"),
     (["--temperature", "-3"], "--temperature must be >= 0"),
     (["--top_p", "nan"], "--top_p must be a finite number"),
+    (["--eval", "--grader", "sympy"], "--grader"),
 ])
 def test_bad_sample_options(monkeypatch, capsys, argv, message):
     code, err = entry_point("sample.py", ["--model", ROOT / "data" / "tiny", *argv], monkeypatch, capsys)
@@ -65,3 +66,19 @@ def test_sample_eval_out_that_is_a_folder(tmp_path, monkeypatch, capsys):
     code, err = entry_point("sample.py", ["--model", ROOT / "data" / "tiny", "--eval", "--limit", "2", "--out",
                                           tmp_path], monkeypatch, capsys)
     assert code == 2 and "is a folder" in err
+
+
+def test_sample_eval_takes_the_grader(monkeypatch):
+    """sample.py --eval --grader math_verify builds its task with that grader, as train.py's --grader does (to
+    compare with numbers published with it)."""
+    import sample
+
+    class Seen(Exception):
+        pass
+
+    def get_task(*args, **kw):
+        raise Seen(kw.get("grader"))
+
+    monkeypatch.setattr(sample, "get_task", get_task)
+    with pytest.raises(Seen, match="math_verify"):
+        sample.main(["--model", str(ROOT / "data" / "tiny"), "--task", "gsm8k", "--eval", "--grader", "math_verify"])
