@@ -256,21 +256,23 @@ def prepare(cfg, d, prec, policy, tok) -> Run:
     context = policy.config.max_position_embeddings
     rows = task.train_rows()
     prompts = encode_prompts(task, tok, rows)
-    budget = prompt_budget(prompts, cfg.max_prompt_len, context, longest)
-    rows, prompts = fit_prompts(rows, prompts, budget, cfg.drop_long)
+    what = "--max_completion_len" if longest == cfg.max_completion_len else "--max_completion_len_schedule's last stage"
+    budget = prompt_budget(prompts, cfg.max_prompt_len, context, longest, what)
+    say = print if d.is_main else lambda *_: None
+    rows, prompts = fit_prompts(rows, prompts, budget, cfg.drop_long, say=say)
     cfg.max_prompt_len = budget  # config.json records the budget used
     check_memory(policy.config, cfg.prompts_per_step // d.world_size * cfg.group_size, budget + longest, prec.compute,
                  d.device, "a step's rollout")
     return Run(cfg=cfg, d=d, prec=prec, tok=tok, task=task, rows=rows, prompts=prompts,
                stream=PromptStream(len(rows), cfg.seed), verifier=Verifier(task),
                stop=Stop(eos=tok.eos_token_ids, strings=task.stop, decode=tok.decode),
-               eval_rows=held_out_rows(cfg, task, tok, context - longest), length_schedule=schedule)
+               eval_rows=held_out_rows(cfg, task, tok, context - longest, say), length_schedule=schedule)
 
 
-def held_out_rows(cfg, task, tok, budget):
+def held_out_rows(cfg, task, tok, budget, say=print):
     """The first --eval_size rows of the task's eval split whose prompts fit `budget` tokens (or one error)."""
     rows = task.eval_rows()[:cfg.eval_size]
-    return fit_prompts(rows, encode_prompts(task, tok, rows), budget, cfg.drop_long, "held-out")[0]
+    return fit_prompts(rows, encode_prompts(task, tok, rows), budget, cfg.drop_long, "held-out", say)[0]
 
 
 def run_folder(cfg, d, task) -> Path:
@@ -400,6 +402,8 @@ class Log:
                      "skipped: the gradient norm was not finite")
         fields = [f"step {row['step']:4d}", f"reward {row['reward']:.3f}", f"acc {row['accuracy']:.3f}",
                   f"len {row['response_length']:5.1f}"]
+        if cfg.max_completion_len_schedule:  # DeepScaleR's stages: the budget this step sampled with
+            fields.append(f"budget {row['max_completion_len']}")
         if "kl" in row:
             fields.append(f"kl {row['kl']:.4f}")
         if "entropy" in row:

@@ -447,8 +447,9 @@ def load_module(folder, model, optimizer, d: Dist):
 # ---------------------------------------------------------------------------------------------------- a run's folder
 
 # Settings a resume may change without changing what the run computes.
-RESUME_FREE = {"out", "resume", "steps", "threads", "eval_every", "eval_size", "log_samples_every", "save_every",
-               "keep_last", "micro_batch_size", "micro_batch_tokens", "config", "dry_run"}
+RESUME_FREE = {"out", "resume", "steps", "threads", "eval_every", "eval_size", "eval_samples", "eval_temperature",
+               "log_samples_every", "save_every", "keep_last", "micro_batch_size", "micro_batch_tokens", "config",
+               "dry_run"}
 
 
 def resume_run(cfg, out: Path, model, optimizer, d: Dist, critic=None, critic_optimizer=None) -> dict:

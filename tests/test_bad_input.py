@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(not (ROOT / "data/tiny/model.safetensors").is_fi
     (["--algo", "ppo", "--value_clip", "0"], "--value_clip"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--max_completion_len_schedule", "10:5,3:9"], "steps must increase"),
+    (["--max_completion_len_schedule", "2:100000"], "--max_completion_len_schedule's last stage 100000 leaves no room"),
 ])
 def test_bad_train_options(tmp_path, monkeypatch, capsys, argv, message):
     out = tmp_path / "run"
