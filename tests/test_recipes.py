@@ -2,6 +2,7 @@
 the field's type and one of its allowed choices, cites a source next to every key, and describes a batch that
 nanoR1's mini-batching can split."""
 import json
+import math
 import re
 import subprocess
 import sys
@@ -116,6 +117,19 @@ def test_every_rl_recipe_runs_one_step_on_the_tiny_base(name, tmp_path):
     assert len(step) == 1 and step[0]["completions"] > 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["algo"] == load(name)["algo"] and saved["lr"] == load(name)["lr"]  # the recipe's method ran
+
+
+def test_sft_recipe_runs_one_step_on_the_tiny_base(tmp_path):
+    data = tmp_path / "traces.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i}+{i}?", "completion": f" {2 * i}</answer>"}) + "\n"
+                            for i in range(8)))
+    out = train.main(["--config", str(RECIPES / "open_r1_sft.toml"), "--out", str(tmp_path / "sft"), *TINY_STEP,
+                      "--data", str(data), "--grad_checkpointing"])
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    step = [r for r in rows if "loss" in r]
+    assert len(step) == 1 and step[0]["tokens"] > 0 and math.isfinite(step[0]["loss"])
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["algo"] == "sft" and saved["lr"] == load("open_r1_sft")["lr"]
 
 
 def test_command_line_beats_the_file(tmp_path):
