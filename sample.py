@@ -108,6 +108,8 @@ def run_eval(cfg, path, model, tok, task, prec, budget):
     out = Path(cfg.out or time.strftime(f"out/eval-{task.name}-%Y%m%d-%H%M%S.jsonl"))
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder: --eval writes one JSON-lines file there")
+    if out.exists():  # checked before the evaluation, not after: nothing already written is lost
+        raise ValueError(f"--out {out} exists: give a new file name (or delete it)")
     t0 = time.time()
     with Verifier(task) as verifier:
         summary, records = evaluate(model, tok, task, rows, verifier, prec, budget, num_samples=cfg.num_samples,
@@ -133,6 +135,8 @@ def save_traces(cfg, path, model, tok, task, prec, budget):
     out = Path(cfg.save)
     if out.is_dir():
         raise ValueError(f"--save {out} is a folder: --save writes one JSON-lines file")
+    if out.exists():
+        raise ValueError(f"--save {out} exists: give a new file name (or delete it)")
     t0 = time.time()
     with Verifier(task) as verifier:
         summary, records = evaluate(model, tok, task, rows, verifier, prec, budget, num_samples=cfg.num_samples,

@@ -83,3 +83,13 @@ def test_sample_eval_takes_the_grader(monkeypatch):
     monkeypatch.setattr(sample, "get_task", get_task)
     with pytest.raises(Seen, match="math_verify"):
         sample.main(["--model", str(ROOT / "data" / "tiny"), "--task", "gsm8k", "--eval", "--grader", "math_verify"])
+
+
+@pytest.mark.parametrize("flag", ["--out", "--save"])
+def test_sample_never_overwrites_a_file(tmp_path, monkeypatch, capsys, flag):
+    old = tmp_path / "old.jsonl"
+    old.write_text('{"kept": true}\n')
+    argv = ["--model", ROOT / "data" / "tiny", "--limit", "1", flag, old] + (["--eval"] if flag == "--out" else [])
+    code, err = entry_point("sample.py", argv, monkeypatch, capsys)
+    assert code == 2 and err.count("error:") == 1 and "exists" in err, err
+    assert old.read_text() == '{"kept": true}\n'
