@@ -258,6 +258,25 @@ def test_split_with_no_rows_is_one_clear_error(tmp_path):
         task.eval_rows()
 
 
+@needs_tiny
+@pytest.mark.parametrize("lines, extra, message", [
+    ([], [], "empty"),
+    (["not json"], [], "data.jsonl:1: not valid JSON"),
+    ([{"prompt": "1+1=", "answer": "2"}], ["--eval_data", "EMPTY"], "empty"),
+], ids=["empty-data", "bad-line", "empty-eval-data"])
+def test_bad_data_through_train_py_is_one_error_line(lines, extra, message, tmp_path, monkeypatch, capsys):
+    """The data checks above, through the entry point: one `error:` line, exit 2, no run folder left behind."""
+    data, empty = tmp_path / "data.jsonl", tmp_path / "empty.jsonl"
+    data.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    empty.write_text("")
+    extra = [str(empty) if a == "EMPTY" else a for a in extra]
+    code, err = entry_point("train.py", ["--task", "jsonl", "--data", data, *extra, "--out", tmp_path / "run",
+                                         "--steps", "1", "--threads", "1"], monkeypatch, capsys)
+    lines_ = err.strip().splitlines()
+    assert code == 2 and len(lines_) == 1 and lines_[0].startswith("error: ") and message in lines_[0], err
+    assert not (tmp_path / "run").exists()
+
+
 def test_gsm8k_numeric_answers(tmp_path):
     """An answer stored as a JSON number is that number; any other non-string answer names file:line."""
     data = _gsm8k_dir(tmp_path, [{"question": "q1", "answer": "so 3 #### 1,234"}, {"question": "q2", "answer": 18},
