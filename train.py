@@ -214,7 +214,8 @@ def dry_run(cfg):
             missing.append(f"{flag}: model folder {folder} not found: download {hub} into it "
                            f"(huggingface-cli download {hub} --local-dir {folder})")
         elif folder:
-            load_config(folder)  # a broken config.json is an error, not a missing input
+            context = load_config(folder).max_position_embeddings  # a broken config.json is an error, not missing
+            prompt_budget([], cfg.max_prompt_len, context, *completion_budget(cfg))  # the schedule fits the context
     for flag, file in (("--data", cfg.data), ("--eval_data", cfg.eval_data)):
         if file and not Path(file).is_file():
             missing.append(f"{flag}: data file {file} not found")
@@ -252,11 +253,10 @@ def prepare(cfg, d, prec, policy, tok) -> Run:
     skips a prompt. The held-out rows likewise fit the context."""
     task = make_task(cfg)
     schedule = parse_length_schedule(cfg.max_completion_len_schedule)
-    longest = max([cfg.max_completion_len] + [n for _, n in schedule])  # the budget of the schedule's last stage
+    longest, what = completion_budget(cfg)
     context = policy.config.max_position_embeddings
     rows = task.train_rows()
     prompts = encode_prompts(task, tok, rows)
-    what = "--max_completion_len" if longest == cfg.max_completion_len else "--max_completion_len_schedule's last stage"
     budget = prompt_budget(prompts, cfg.max_prompt_len, context, longest, what)
     say = print if d.is_main else lambda *_: None
     rows, prompts = fit_prompts(rows, prompts, budget, cfg.drop_long, say=say)
@@ -267,6 +267,13 @@ def prepare(cfg, d, prec, policy, tok) -> Run:
                stream=PromptStream(len(rows), cfg.seed), verifier=Verifier(task),
                stop=Stop(eos=tok.eos_token_ids, strings=task.stop, decode=tok.decode),
                eval_rows=held_out_rows(cfg, task, tok, context - longest, say), length_schedule=schedule)
+
+
+def completion_budget(cfg):
+    """The longest completion budget of the run (the schedule's last stage, DeepScaleR's 24k) and its option."""
+    longest = max([cfg.max_completion_len] + [n for _, n in parse_length_schedule(cfg.max_completion_len_schedule)])
+    what = "--max_completion_len" if longest == cfg.max_completion_len else "--max_completion_len_schedule's last stage"
+    return longest, what
 
 
 def held_out_rows(cfg, task, tok, budget, say=print):

@@ -100,6 +100,16 @@ def test_every_recipe_passes_dry_run(name):
     assert f"model folder {load(name)['model']} not found: download" in p.stderr
 
 
+def test_dry_run_checks_the_schedule_against_the_context():
+    """DeepScaleR's last stage on a model whose context is shorter: --dry_run says so, as the run would."""
+    p = subprocess.run([sys.executable, "train.py", "--model", "data/tiny", "--dry_run",
+                        "--max_completion_len_schedule", "2:64,4:1000"],
+                       cwd=RECIPES.parent, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stdout == "", p.stdout
+    assert "--max_completion_len_schedule's last stage 1000 leaves no room for a prompt in the model's context of " \
+        "256 tokens" in p.stderr, p.stderr
+
+
 # What a recipe's one step on the tiny base overrides: the model, the task and the sizes, nothing of the method.
 TINY_STEP = ["--model", "data/tiny", "--task", "arithmetic", "--template", "base", "--grader", "builtin", "--steps", "1",
              "--prompts_per_step", "2", "--max_prompt_len", "0", "--max_completion_len", "8",
