@@ -14,3 +14,12 @@ def test_train_step_bench_prints_its_table():
     assert p.returncode == 0, p.stderr[-2000:]
     row = p.stdout.strip().splitlines()[-1].split("|")
     assert float(row[1]) > 0 and "GiB" in row[3], p.stdout
+
+
+def test_gpu_script_plan_checks_out():
+    """bench/gpu.sh --dry: every test id it runs on the GPU still collects, every flag is one its script takes,
+    and the time limits fit the GPU session, so a rename here cannot silently drop a step from the GPU run."""
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run(["bash", "bench/gpu.sh", "--dry"], cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert p.returncode == 0 and "plan OK" in p.stdout, p.stdout + p.stderr
