@@ -320,6 +320,10 @@ def step_metrics(run, sums, groups, generated, seen, step):
              completion_tokens=sum(len(s.completion) for s in generated), groups=len(groups),
              verifier_timeouts=stats["timeouts"] - seen["timeouts"], verifier_errors=stats["errors"] - seen["errors"],
              verifier_budget_skipped=stats.get("budget_skipped", 0) - seen.get("budget_skipped", 0))
+    if run.cfg.group_size > 1:  # the task rewards of every group generated, dropped ones included (DAPO's view)
+        r = torch.tensor([s.reward for s in generated], dtype=torch.float64).view(-1, run.cfg.group_size)  # (P, G)
+        sums.add(generated_groups=len(r), reward_std=r.std(1).sum() if len(r) else 0.0,
+                 zero_adv_groups=(r == r[:, :1]).all(1).sum())
     if run.cfg.dynamic_sampling:  # the kept groups alone, beside everything generated
         kept = [s for g in groups for s in g]
         sums.add(kept=len(kept), reward_kept=sum(s.reward for s in kept),
@@ -348,9 +352,9 @@ def step_metrics(run, sums, groups, generated, seen, step):
     if "value_tokens" in t:
         row.update(explained_variance=t["explained_variance"], values_mean=per_token("values_sum", "value_tokens"),
                    returns_mean=per_token("returns_sum", "value_tokens"))
-    for k in ("reward_std", "zero_adv_frac"):
-        if k in t:
-            row[k] = t[k]
+    if "generated_groups" in t:  # mean within-group std, and the share of groups with no signal (all equal)
+        row.update(reward_std=t["reward_std"] / max(t["generated_groups"], 1),
+                   zero_adv_frac=t["zero_adv_groups"] / max(t["generated_groups"], 1))
     if "overlong_penalty" in t:
         row["overlong_penalty"] = t["overlong_penalty"] / n
     if "kept" in t:

@@ -210,9 +210,7 @@ def advantages(run: Run, batch: Batch, rewards, kl, critic, sums):
         rewards = rewards - cfg.beta * kl.sum(1)
     if cfg.algo == "rloo":
         return rloo_advantages(rewards, cfg.group_size)[:, None] * mask
-    adv, st = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards, all_reduce=ranks,
-                               return_stats=True)  # (B,) one per completion
-    sums.add(reward_std=st["reward_std"] / run.d.world_size, zero_adv_frac=st["zero_adv_frac"] / run.d.world_size)
+    adv = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards, all_reduce=ranks)  # (B,) one each
     return adv[:, None] * mask  # (B, T) shared by its tokens
 
 

@@ -301,6 +301,12 @@ def test_dynamic_sampling_at_the_refill_cap_trains_on_what_it_kept(folder, capsy
         assert row["reward"] == pytest.approx(sum(s.reward for s in generated) / len(generated))
         assert row["reward_kept"] == pytest.approx(sum(kept) / max(len(kept), 1))
         assert ("opt_steps" in row) == bool(groups)
+        # the signal statistics span every group generated, the dropped (flat) ones too, not only the kept
+        by_group = [[s.reward for s in generated[i:i + 4]] for i in range(0, len(generated), 4)]
+        flat_share = sum(len(set(g)) == 1 for g in by_group) / len(by_group)
+        assert flat_share > 0 and row["zero_adv_frac"] == pytest.approx(flat_share)
+        assert row["reward_std"] == pytest.approx(sum(torch.tensor(g).double().std().item() for g in by_group)
+                                                  / len(by_group))
     assert groups  # the second case kept some groups
 
 
