@@ -17,6 +17,7 @@ Each step has three phases (nanor1/step.py):
 runs with nanor1/sft.py's learner.
 """
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -130,7 +131,7 @@ def train_sft(cfg):
         opt_step = update(run, batch, [learner], opt_step, lr, sums)
         t = sums.reduce(d)
         row = {"step": step, "loss": t["loss"], "tokens": int(t["tokens"]), "lr": lr(opt_step - 1),
-               "grad_norm": t["grad_norm"] / t["opt_steps"], "epoch": cursor / len(examples),
+               "grad_norm": taken_mean(t, "grad_norm"), "epoch": cursor / len(examples),
                "train_s": time.time() - t0}
         if t["skipped_steps"]:
             row["skipped_steps"] = int(t["skipped_steps"] / d.world_size)
@@ -312,6 +313,13 @@ def run_eval(run, policy):
     return row
 
 
+def taken_mean(t, key, prefix=""):
+    """The mean of `key` over the optimiser steps actually taken; NaN (null in metrics.jsonl) when every one was
+    skipped for a non-finite gradient norm (their norms are not averaged in: one inf would hide the rest)."""
+    taken = t[prefix + "opt_steps"] - t.get(prefix + "skipped_steps", 0)
+    return t[key] / taken if taken else float("nan")
+
+
 def step_metrics(run, sums, groups, generated, seen, step):
     """One row of metrics.jsonl: every rank's statistics reduced by name in one collective, then divided out."""
     task, stats = run.task, run.verifier.stats
@@ -338,7 +346,7 @@ def step_metrics(run, sums, groups, generated, seen, step):
         row.update(entropy=per_token("entropy", "tokens_sampled"), logprob_mismatch=per_token("mismatch", "tokens_sampled"))
     if "opt_steps" in t:  # the policy took optimiser steps (not in PPO's critic warm-up, nor with no group kept)
         steps = t["opt_steps"] / W
-        row.update(loss=t["loss"] / steps, grad_norm=t["grad_norm"] / t["opt_steps"], opt_steps=int(steps),
+        row.update(loss=t["loss"] / steps, grad_norm=taken_mean(t, "grad_norm"), opt_steps=int(steps),
                    skipped_steps=int(t["skipped_steps"] / W), ratio_max=t["ratio_max"],
                    clip_frac=per_token("clip_frac_low") + per_token("clip_frac_high"))
         row.update({k: per_token(k) for k in ("clip_frac_low", "clip_frac_high", "ratio_mean", "kl", "dual_clip_frac",
@@ -347,7 +355,7 @@ def step_metrics(run, sums, groups, generated, seen, step):
         row["kl"] = per_token("reward_kl", "reward_kl_tokens")
     if "critic_opt_steps" in t:  # PPO
         steps = t["critic_opt_steps"] / W
-        row.update(value_loss=t["value_loss"] / steps, critic_grad_norm=t["critic_grad_norm"] / t["critic_opt_steps"],
+        row.update(value_loss=t["value_loss"] / steps, critic_grad_norm=taken_mean(t, "critic_grad_norm", "critic_"),
                    value_clip_frac=per_token("value_clip_frac", "critic_tokens"))
     if "value_tokens" in t:
         row.update(explained_variance=t["explained_variance"], values_mean=per_token("values_sum", "value_tokens"),
@@ -368,6 +376,11 @@ def step_metrics(run, sums, groups, generated, seen, step):
     return row
 
 
+def strict(row):
+    """A metrics row as strict JSON: a non-finite number (a skipped step's grad_norm) is written as null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
 class Log:
     """metrics.jsonl, samples.jsonl and the console, written by rank 0 only."""
 
@@ -381,7 +394,7 @@ class Log:
     def write(self, name, row):
         if self.main:
             with open(self.out / name, "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(strict(row), allow_nan=False) + "\n")
 
     def eval(self, step, row):
         problems = row.pop("problems", None)

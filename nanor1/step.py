@@ -408,7 +408,7 @@ def update(run: Run, batch: Batch, learners, opt_step: int, lr_at, sums, budget=
             for learner in learners:
                 gnorm, ok = learner.step(lr_at(opt_step))
                 p = learner.prefix
-                sums.add(**{p + "grad_norm": gnorm, p + "skipped_steps": not ok, p + "opt_steps": 1.0})
+                sums.add(**{p + "grad_norm": gnorm if ok else 0.0, p + "skipped_steps": not ok, p + "opt_steps": 1.0})
             opt_step += any(learner.counts_steps for learner in learners)
     return opt_step
 

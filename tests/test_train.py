@@ -320,6 +320,7 @@ def test_refill_cap_and_skipped_steps_warn_on_the_console(tmp_path, capsys):
     assert "warning: step 3: 1 of 2 optimiser steps skipped: the gradient norm was not finite" in out
     logged = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert (logged["refill_cap_hit"], logged["skipped_steps"]) == (1, 1)
+    assert logged["grad_norm"] is None  # strict JSON: no Infinity / NaN tokens in metrics.jsonl
 
 
 def test_a_non_finite_gradient_skips_the_step_and_leaves_the_weights(folder):
@@ -336,7 +337,8 @@ def test_a_non_finite_gradient_skips_the_step_and_leaves_the_weights(folder):
                                                                                           float("inf")))
     m = train_step(run, model, None, opt, groups)
     hook.remove()
-    assert (m["skipped_steps"], m["opt_steps"]) == (1, 1) and not math.isfinite(m["grad_norm"])
+    assert (m["skipped_steps"], m["opt_steps"]) == (1, 1) and m["grad_norm"] == 0  # a skipped step's norm: left out
+    assert math.isnan(train.taken_mean(m, "grad_norm"))  # the step's logged grad_norm: null in metrics.jsonl
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and not opt.state
     assert all(p.grad is None for p in model.parameters())
     m = train_step(run, model, None, opt, groups)
