@@ -1,16 +1,18 @@
 """One RL step, in three phases that train.py calls in order:
 
-    groups, seen, cursor = collect(run, policy, step, c)   rollouts: P prompts x G completions, with rewards
-    batch, sums = score(run, samples, policy, ref)        advantages, and old / reference log-probs
-    opt_step = update(run, batch, learners, ...)          mu passes, one optimiser step per mini-batch
+    groups, generated, cursor = collect(run, policy, step, cursor)   P prompts x G completions, with rewards
+    batch, sums = score(run, groups, policy, ref, critic)            advantages, old / reference log-probs
+    opt_step = update(run, batch, learners, opt_step, lr_at, sums)   mu passes, an optimiser step per mini-batch
 
 A rollout is a list of `Sample`s (one per completion); `pack` turns them into a `Batch` of padded (B, T)
 tensors, which the later phases read and never mutate in place. Advantages are per token, so GRPO (one value
 per completion, broadcast over its tokens) and a critic's GAE (one per token) feed the same policy loss.
 
-The update runs over "learners": objects with `.loss(batch, norm) -> (loss, stats)` and `.step(...)`. The
-policy is one (`PolicyLearner` below); a critic would be another, with its own optimiser, trained on the same
-mini- and micro-batches: a new algorithm is a module plus a line in train.py, not a branch in every phase.
+The update runs over "learners": objects with `.loss(mb, norms, budget) -> (loss, sums, maxes)` (one
+micro-batch's share of the mini-batch loss, and its statistics by name) and `.step(lr) -> (grad_norm, taken)`.
+The policy is one (`PolicyLearner` below); PPO's critic is another (nanor1/ppo.py's `CriticLearner`, its own
+optimiser, the same mini- and micro-batches), and SFT's learner (nanor1/sft.py) replaces the policy's: a new
+algorithm is a module plus a line in train.py, not a branch in every phase.
 
 Normalisers: a loss averaged per micro-batch would change the update whenever a step is split differently.
 Each mini-batch's denominator (its sequences, or its tokens for `dapo`) is counted over the whole mini-batch
