@@ -147,6 +147,8 @@ def sample_ref(logits, temperature, top_k=0, top_p=1.0, seed=0, offsets=None):
     nb, width = -(-V // BLOCK), min(V, BLOCK)  # blocks of the race; a short row is one block of its width
     blocks = _BLOCK_TAG + torch.arange(nb, device=z.device)  # their noise indices
     off = offsets[:, None]  # (B, 1)
+    if t is None and nb == 1:  # one block (V <= BLOCK, as the tiny demo's 306): it wins round 1, skip to round 2
+        return (z + gumbel_noise(seed, off, torch.arange(V, device=z.device))).argmax(-1)
     if t is None:  # every token runs: dense (B, nb, width) blocks
         zb = torch.nn.functional.pad(z, (0, nb * width - V), value=-math.inf).view(B, nb, width)
         # Round 1: blocks race with their log-mass.

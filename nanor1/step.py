@@ -118,6 +118,7 @@ class Batch:
     lengths: torch.Tensor  # (B,) host: prompt + completion tokens
     loss_tokens: torch.Tensor  # (B,) host: tokens of each row in the loss (0 for a masked row)
     rewards: torch.Tensor  # (B,) host
+    prompt_keys: Optional[torch.Tensor] = None  # (B,) host: equal for rows of the same prompt (None: all differ)
     advantages: Optional[torch.Tensor] = None  # (B, T) per token, 0 off the mask
     old_logp: Optional[torch.Tensor] = None  # (B, T) the policy before this step's updates (None: = logp)
     ref_logp: Optional[torch.Tensor] = None  # (B, T) the frozen reference (KL term)
@@ -136,6 +137,12 @@ class Batch:
         dev = self.ids.device
         return rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)
 
+    def shared_prefix(self):
+        """The model's shared_prefix (lens, keys, ends): the rows of a prompt run its first prompt_len - 1
+        tokens once (the last one predicts the first completion token, so it stays in each row's own part),
+        and a row's padding (input columns from length - 1 on) is not run."""
+        return None if self.prompt_keys is None else (self.prompt_lens - 1, self.prompt_keys, self.lengths - 1)
+
     def select(self, idx):
         """Rows `idx` (a host list) trimmed to their longest row: a mini- or micro-batch."""
         host = torch.tensor(idx, dtype=torch.long)
@@ -145,6 +152,7 @@ class Batch:
         return replace(self, ids=cut(self.ids), targets=cut(self.targets), completion=cut(self.completion),
                        mask=cut(self.mask), sampler_logp=cut(self.sampler_logp), prompt_lens=self.prompt_lens[host],
                        lengths=self.lengths[host], loss_tokens=self.loss_tokens[host], rewards=self.rewards[host],
+                       prompt_keys=None if self.prompt_keys is None else self.prompt_keys[host],
                        advantages=cut(self.advantages), old_logp=cut(self.old_logp), ref_logp=cut(self.ref_logp),
                        extra={k: cut(v) for k, v in self.extra.items()})
 
@@ -163,10 +171,12 @@ def pack(samples, device, mask_truncated=False) -> Batch:
         completion[i, p - 1:p - 1 + c] = 1.0  # target t predicts token t + 1: completion tokens start at p - 1
         sampler[i, p - 1:p - 1 + c] = torch.tensor(s.sampler_logp)
     on = lambda x: x.to(device)  # noqa: E731
+    seen = {}  # prompt -> key: a group's rows share one (and so would a prompt drawn twice)
+    keys = torch.tensor([seen.setdefault(tuple(s.prompt), len(seen)) for s in samples])
     return Batch(ids=on(ids[:, :-1]), targets=on(ids[:, 1:]), completion=on(completion),
                  mask=on(completion * weight[:, None]), sampler_logp=on(sampler), prompt_lens=prompt_lens,
                  lengths=lengths, loss_tokens=(lengths - prompt_lens) * weight,
-                 rewards=torch.tensor([s.reward for s in samples]))
+                 rewards=torch.tensor([s.reward for s in samples]), prompt_keys=keys)
 
 
 # ----------------------------------------------------------------------------- score
@@ -235,7 +245,7 @@ def logprobs(run: Run, model, batch: Batch, sums=None):
         mb = batch.select(idx)
         with run.prec.autocast():
             logp, entropy = model(mb.ids, targets=mb.targets, temperature=run.cfg.temperature,
-                                  positions=mb.positions())
+                                  positions=mb.positions(), shared_prefix=mb.shared_prefix())
         if sums is not None:
             sums.add(**policy_stats(logp, entropy, mb))
         out[torch.tensor(idx, device=out.device), :logp.shape[1]] = logp
@@ -262,12 +272,19 @@ def n_mini(cfg, n_rows_rank, world_size):
 
 def micro_batches(batch: Batch, rows, cfg):
     """Split `rows` into micro-batches of at most --micro_batch_size rows and, with --micro_batch_tokens, at
-    most that many padded tokens (rows x the longest row). Rows are taken longest first, so rows of a size
-    share a micro-batch and little is padding; the normalisers are step-wide, so the split never changes the
-    update, only memory and speed."""
+    most that many padded tokens (rows x the longest row). With a token budget, prompts are taken longest
+    first (by their longest row) and each prompt's rows together, longest first: rows of a size share a
+    micro-batch, so little is padding, and a prompt's rows share a micro-batch, where its tokens run once
+    (model.SharedPrefix). The normalisers are step-wide, so the split never changes the update, only memory
+    and speed."""
     rows = list(rows)
     if cfg.micro_batch_tokens:
-        rows.sort(key=lambda r: -int(batch.lengths[r]))
+        n = batch.lengths.tolist()
+        key = batch.prompt_keys.tolist() if batch.prompt_keys is not None else list(range(len(batch)))
+        longest = {}
+        for r in rows:
+            longest[key[r]] = max(longest.get(key[r], 0), n[r])
+        rows.sort(key=lambda r: (-longest[key[r]], key[r], -n[r]))
     out, cur, longest = [], [], 0
     for r in rows:
         n = int(batch.lengths[r]) - 1
@@ -324,7 +341,8 @@ class PolicyLearner:
         cfg = self.run.cfg
         with self.run.prec.autocast():
             logp, entropy = self.model(mb.ids, targets=mb.targets, temperature=cfg.temperature,
-                                       positions=mb.positions())  # (b, T) each, 0 off the completion tokens
+                                       positions=mb.positions(), shared_prefix=mb.shared_prefix())  # (b, T) each,
+            # 0 off the completion tokens; each prompt runs once for its rows (model.SharedPrefix)
         old = mb.old_logp if mb.old_logp is not None else logp.detach()
         sums = policy_stats(logp, entropy, mb) if mb.old_logp is None else {}  # this forward is the sampler's
         kl_in_loss = cfg.beta > 0 and not (cfg.kl_in_reward or cfg.algo == "reinforce_pp")
