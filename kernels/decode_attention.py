@@ -47,10 +47,13 @@ def decode_attention_ref(q, k_cache, v_cache, lengths):
     # Slots past every row's length are never touched, so a mostly empty static cache costs nothing; slots
     # below every row's length are valid everywhere and need no mask. Only the ragged band between is masked.
     lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 1 or hi > k_cache.shape[2]:  # the range check, from the bounds this path needs anyway
+        raise ValueError(f"lengths must lie in [1, {k_cache.shape[2]}], got {lengths.tolist()}")
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    k = k_cache[:, :, :hi].to(dt)  # (B, K, hi, D), a view when already dt
-    v = v_cache[:, :, :hi].to(dt)
-    qg = q.reshape(B, K, H // K, D).to(dt)  # (B, K, G, D): the G query heads that share kv head j
+    as_dt = lambda t: t if t.dtype == dt else t.to(dt)  # noqa: E731  (no op dispatched when it already is)
+    k = as_dt(k_cache[:, :, :hi])  # (B, K, hi, D), a view when already dt
+    v = as_dt(v_cache[:, :, :hi])
+    qg = as_dt(q.reshape(B, K, H // K, D))  # (B, K, G, D): the G query heads that share kv head j
     scores = torch.matmul(qg, k.transpose(-1, -2)) / math.sqrt(D)  # (B, K, G, hi), batched: no repeat of k
     valid = torch.arange(hi, device=q.device) < lengths[:, None]  # (B, hi)
     # `where`, not a multiply by the mask: garbage may be NaN, and NaN * 0 is NaN.
@@ -60,7 +63,8 @@ def decode_attention_ref(q, k_cache, v_cache, lengths):
     if hi > lo:  # p is 0 on garbage slots, but 0 * NaN is NaN: zero those values (a copy of the band only)
         band = torch.where(valid[:, None, lo:, None], v[:, :, lo:], 0.0)  # (B, K, hi - lo, D)
         out = out + torch.matmul(p[..., lo:], band)
-    return out.reshape(B, H, D).to(q.dtype)
+    out = out.reshape(B, H, D)
+    return out if out.dtype == q.dtype else out.to(q.dtype)
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -187,8 +191,7 @@ def _check(q, k_cache, v_cache, lengths):
     if lengths.shape != (B,) or lengths.dtype.is_floating_point:
         raise ValueError(f"lengths must be an integer tensor of shape ({B},), got {lengths.dtype} "
                          f"{tuple(lengths.shape)}")
-    if not lengths.is_cuda and not bool(((lengths >= 1) & (lengths <= k_cache.shape[2])).all()):
-        raise ValueError(f"lengths must lie in [1, {k_cache.shape[2]}], got {lengths.tolist()}")
+    # The range of lengths is checked by each path (see decode_attention), where it costs nothing extra.
 
 
 def _num_splits(B, K, S):
@@ -262,6 +265,10 @@ def decode_attention(q, k_cache, v_cache, lengths, impl="auto", num_splits=None)
     Triton split count (tests, benchmarks)."""
     _check(q, k_cache, v_cache, lengths)
     if use_triton(q, impl):
+        # Lengths in range: checked here when interpreted; on a GPU reading them would wait for the device, and
+        # the kernel never loads past a length. (The torch path checks from the min and max it reads anyway.)
+        if not lengths.is_cuda and not bool(((lengths >= 1) & (lengths <= k_cache.shape[2])).all()):
+            raise ValueError(f"lengths must lie in [1, {k_cache.shape[2]}], got {lengths.tolist()}")
         return decode_attention_triton(q, k_cache, v_cache, lengths, num_splits)
     return decode_attention_ref(q, k_cache, v_cache, lengths)
 
