@@ -93,13 +93,14 @@ def apply_rope(x, cos, sin):
 
 class KVCache:
     """A static, preallocated cache: one (B, K, S, D) key and value buffer per layer, plus the number of
-    valid positions of each row. Slots at or past a row's length hold garbage (never zeroed, maybe NaN):
-    attention masks them with `where`, never with a multiply (0 x NaN is NaN)."""
+    valid positions of each row. Slots at or past a row's length hold garbage: attention masks them with
+    `where`, never with a multiply (0 x NaN is NaN). The buffers are zeroed when made, so that garbage is
+    finite, old keys and values, and the CPU path can take the fast branch (kernels/decode_attention.py)."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, dtype, device):
         shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
-        self.k = torch.empty(shape, dtype=dtype, device=device)  # (L, B, K, S, D)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, K, S, D)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
         self.max_len = max_len
         # Host-side bound on every row's length (each forward adds its T): the overflow check and the prefill's
@@ -176,9 +177,21 @@ class SharedPrefix:
     then causally to its own; a beginning attends causally to itself. Exact: under causal attention a
     beginning's keys and values do not depend on what follows it, so each row sees the numbers it would see
     alone, and in backward the beginning's gradient is the sum over the rows that read it, as it would be
-    summed over the copies. The demo's micro-batches (16 rows of 28-token prompts and 24-40-token completions)
-    run 0.56x the tokens of the padded rows. Index and mask are built here once, on the host from host tensors
-    (no wait for the device), and read by every layer."""
+    summed over the copies. A demo step (256 rows of 28-token prompts and 24-40-token completions) runs 9k
+    tokens instead of 16k. Index and mask are built here once, on the host from host tensors (no wait for the
+    device), and read by every layer.
+
+    The mask is dense, (R, T', P + T') booleans: past MAX_CELLS (16 MB; a micro-batch of 2 rows of 8k-token
+    completions would need 140 MB) the forward runs the rows whole instead (`cells`), with the same numbers."""
+    MAX_CELLS = 1 << 24
+
+    @staticmethod
+    def cells(lens, keys, ends):
+        """The mask's size for these rows (host (B,) ints), before building anything."""
+        lens, ends = torch.as_tensor(lens), torch.as_tensor(ends)
+        P = int(lens.max())
+        T = max(int((ends - lens).max()), P, 1)
+        return (len(torch.unique(torch.as_tensor(keys))) + len(lens)) * T * (P + T)
 
     def __init__(self, lens, keys, ends, device):
         lens, keys, ends = (torch.as_tensor(t, dtype=torch.long) for t in (lens, keys, ends))  # (B,) host
@@ -193,20 +206,22 @@ class SharedPrefix:
         col = torch.arange(len(seg)) - offset[seg]  # (N,) place within its segment
         self.P, self.T = int(lens.max()), max(int(size.max()), int(lens.max()), 1)  # front key slots; T'
         self.input = (rows[seg], begin[seg] + col)  # (N,) each: where a packed token sits in the input
-        self.position_ids = (begin[seg] + col)[None].to(device)  # (1, N) rope positions
-        self.grid = (seg * self.T + col).to(device)  # (N,) its cell in the flattened (R, T') grid
-        self.source = torch.cat([torch.arange(U), owner]).to(device)  # (R,) whose first P keys a row sees...
+        # (Copies to the device without waiting: a blocking one would wait for the queued kernels first.)
+        on = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        self.position_ids = on((begin[seg] + col)[None])  # (1, N) rope positions
+        self.grid = on(seg * self.T + col)  # (N,) its cell in the flattened (R, T') grid
+        self.source = on(torch.cat([torch.arange(U), owner]))  # (R,) whose first P keys a row sees...
         front = torch.arange(self.P)[None, :] < begin[:, None]  # (R, P) ...and which: none for a beginning
         causal = torch.ones(self.T, self.T, dtype=torch.bool).tril()
-        self.mask = torch.cat([front[:, None, :].expand(-1, self.T, -1), causal.expand(U + B, -1, -1)],
-                              -1)[:, None].to(device)  # (R, 1, T', P + T')
-        self.start = (offset[U:] - lens).to(device)  # (B,) packed index of row b's column c: start[b] + c
+        self.mask = on(torch.cat([front[:, None, :].expand(-1, self.T, -1), causal.expand(U + B, -1, -1)],
+                                 -1)[:, None])  # (R, 1, T', P + T')
+        self.start = on(offset[U:] - lens)  # (B,) packed index of row b's column c: start[b] + c
+        self.input = tuple(on(t) for t in self.input)
         self.R = U + B
 
     def gather(self, ids):
         """(B, T) input ids -> (1, N) packed."""
-        rows, cols = (t.to(ids.device) for t in self.input)
-        return ids[rows, cols][None]
+        return ids[self.input][None]
 
     def where(self, rows, cols):
         """Input positions (rows, cols), each lens[row] <= col < ends[row], -> their packed indices (N',)."""
@@ -337,8 +352,9 @@ class Transformer(nn.Module):
                     or position_ids is not None:
                 raise ValueError("shared_prefix needs targets and positions, and no kv_cache, attention_mask "
                                  "or position_ids")
-            shared = SharedPrefix(*shared_prefix, input_ids.device)
-            input_ids, position_ids = shared.gather(input_ids), shared.position_ids  # (1, N) each
+            if SharedPrefix.cells(*shared_prefix) <= SharedPrefix.MAX_CELLS:
+                shared = SharedPrefix(*shared_prefix, input_ids.device)
+                input_ids, position_ids = shared.gather(input_ids), shared.position_ids  # (1, N) each
         if kv_cache is not None:
             start = kv_cache.lengths  # (B,) first free slot of each row
             if kv_cache.filled + T > kv_cache.max_len:

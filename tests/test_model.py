@@ -284,6 +284,21 @@ def test_shared_prefix_gives_the_same_logprobs_and_gradients(tmp_path, case, ckp
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
+def test_shared_prefix_past_its_mask_budget_runs_rows_whole(tmp_path, monkeypatch):
+    """`cells` predicts the mask SharedPrefix builds; past MAX_CELLS the rows run whole, with the same numbers."""
+    from nanor1.model import SharedPrefix
+    folder, _ = hf_tiny(tmp_path)
+    ids, tgt, pos, lens, keys, ends = ragged_groups(97, [5, 2], [[4, 7, 1], [2, 6, 3]], G=3)
+    assert SharedPrefix.cells(lens, keys, ends) == SharedPrefix(lens, keys, ends, "cpu").mask.numel()
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        whole, _ = model(ids, targets=tgt, positions=pos)
+        monkeypatch.setattr(SharedPrefix, "MAX_CELLS", SharedPrefix.cells(lens, keys, ends) - 1)
+        monkeypatch.setattr(SharedPrefix, "__init__", None)  # building one now would fail the call
+        fallback, _ = model(ids, targets=tgt, positions=pos, shared_prefix=(lens, keys, ends))
+    torch.testing.assert_close(fallback, whole, rtol=0, atol=0)
+
+
 def test_shared_prefix_needs_targets_and_positions(tmp_path):
     folder, _ = hf_tiny(tmp_path)
     model = Transformer.from_pretrained(folder, dtype=torch.float32)
