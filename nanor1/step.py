@@ -279,12 +279,12 @@ def micro_batches(batch: Batch, rows, cfg):
     and speed."""
     rows = list(rows)
     if cfg.micro_batch_tokens:
-        n = batch.lengths.tolist()
+        length = batch.lengths.tolist()
         key = batch.prompt_keys.tolist() if batch.prompt_keys is not None else list(range(len(batch)))
-        longest = {}
+        top = {}  # prompt key -> its longest row
         for r in rows:
-            longest[key[r]] = max(longest.get(key[r], 0), n[r])
-        rows.sort(key=lambda r: (-longest[key[r]], key[r], -n[r]))
+            top[key[r]] = max(top.get(key[r], 0), length[r])
+        rows.sort(key=lambda r: (-top[key[r]], key[r], -length[r]))
     out, cur, longest = [], [], 0
     for r in rows:
         n = int(batch.lengths[r]) - 1
@@ -339,10 +339,9 @@ class PolicyLearner:
 
     def loss(self, mb: Batch, norms, budget):
         cfg = self.run.cfg
-        with self.run.prec.autocast():
+        with self.run.prec.autocast():  # (b, T) each, 0 off the completion tokens; a prompt runs once for its rows
             logp, entropy = self.model(mb.ids, targets=mb.targets, temperature=cfg.temperature,
-                                       positions=mb.positions(), shared_prefix=mb.shared_prefix())  # (b, T) each,
-            # 0 off the completion tokens; each prompt runs once for its rows (model.SharedPrefix)
+                                       positions=mb.positions(), shared_prefix=mb.shared_prefix())
         old = mb.old_logp if mb.old_logp is not None else logp.detach()
         sums = policy_stats(logp, entropy, mb) if mb.old_logp is None else {}  # this forward is the sampler's
         kl_in_loss = cfg.beta > 0 and not (cfg.kl_in_reward or cfg.algo == "reinforce_pp")
