@@ -35,9 +35,11 @@ train: $(RUN_DEPS)
 sample: $(RUN_DEPS)
 	$(PYTHON) sample.py $(ARGS)
 
-# Lines of the core (code the reader is meant to read in an afternoon), tests and benchmarks excluded.
+# Lines of the core (code the reader is meant to read in an afternoon), tests and benchmarks excluded: the
+# README's table is rewritten from the files (scripts/loc.py), never typed by hand.
 loc:
-	@wc -l nanor1/*.py kernels/*.py train.py sample.py | sort -n
+	@python3 scripts/loc.py --update README.md
+	@python3 scripts/loc.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -4,25 +4,31 @@
     python sample.py --model DIR --prompt "1+1=" --max_new_tokens 32 --temperature 0.7
     python sample.py --model DIR --chat --prompt "What is 2+3?"      ChatML, through the tokenizer
     python sample.py --model DIR --task math500 --eval --num_samples 8 --temperature 0.6 --limit 100
+    python sample.py --model DIR --task arithmetic --num_samples 4 --save traces.jsonl --only_correct
     python sample.py --help                            every option with its one-line help
 
 --eval prints pass@1 (greedy, or the mean over samples) and the unbiased pass@k for k up to --num_samples, and
 writes one JSON line per problem (completions, rewards) to --out.
+
+--save samples --num_samples completions per problem of --split (default: the train split) at --temperature
+(default 1), scores them with the task's reward and writes one JSON line per completion, an SFT row for
+`train.py --algo sft --data FILE` (nanor1/sft.py): {"prompt", "completion", "reward", "id" (the task's row id)}.
+With --only_correct only the correct ones are kept: the rejection sampling that builds R1's distillation data.
 """
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from nanor1.checkpoint import list_checkpoints
+from nanor1 import distributed
+from nanor1.checkpoint import list_checkpoints, verify_checkpoint
 from nanor1.config import SampleConfig, parse_args
 from nanor1.evaluate import evaluate
 from nanor1.model import load_model_and_tokenizer
 from nanor1.precision import choose as choose_precision
-from nanor1.rollout import Stop, generate
+from nanor1.rollout import Stop, check_memory, generate
 from nanor1.tasks import get_task
 from nanor1.verifier import Verifier
 
@@ -30,14 +36,26 @@ TINY = "data/tiny"
 
 
 def default_model():
-    """The newest checkpoint of any run under out/, else the shipped tiny base."""
+    """The newest intact checkpoint of any run under out/ (a damaged one is skipped, with a warning), else the
+    shipped tiny base."""
     ckpts = [c for run in Path("out").glob("*") if run.is_dir() for c in list_checkpoints(run)]
-    return str(max(ckpts, key=lambda p: p.stat().st_mtime)) if ckpts else TINY
+    for ck in sorted(ckpts, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            verify_checkpoint(ck, ["config.json", "model.safetensors"])
+            return str(ck)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"warning: skipping {ck}: {e}", file=sys.stderr)
+    return TINY
 
 
 def main(argv=None):
     cfg = parse_args(argv, SampleConfig)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise ValueError(f"--device {cfg.device!r} is not a device (cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device}: no CUDA device here")
     prec = choose_precision(device, cfg.precision)
     path = cfg.model or default_model()
     # Inference needs no fp32 master weights: load them in the compute dtype.
@@ -46,12 +64,15 @@ def main(argv=None):
     budget = cfg.max_new_tokens or task.completion_len
     if cfg.eval:
         return run_eval(cfg, path, model, tok, task, prec, budget)
+    if cfg.save:
+        return save_traces(cfg, path, model, tok, task, prec, budget)
     temperature = 1.0 if cfg.temperature < 0 else cfg.temperature
     text = cfg.prompt
     if not text:  # show the model on a problem of its task
         text = task.prompt(task.eval_rows()[0], tok)
     elif cfg.chat:
         text = tok.apply_chat_template([{"role": "user", "content": text}])
+    check_memory(model.config, cfg.num_samples, len(tok.encode(text)) + budget, prec.compute, device)
     print(f"# {path}  T={temperature} top_k={cfg.top_k} top_p={cfg.top_p}\n{text}", end="", flush=True)
     kw = dict(temperature=temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
               stop=Stop(eos=tok.eos_token_ids))
@@ -102,11 +123,32 @@ def run_eval(cfg, path, model, tok, task, prec, budget):
     return summary
 
 
+def save_traces(cfg, path, model, tok, task, prec, budget):
+    """--save: sampled completions of the split's problems as SFT rows (the module docstring)."""
+    split = cfg.split or "train"
+    rows = task.train_rows() if split == "train" else task.eval_rows(split)
+    rows = rows[:cfg.limit] if cfg.limit else rows
+    temperature = 1.0 if cfg.temperature < 0 else cfg.temperature
+    out = Path(cfg.save)
+    if out.is_dir():
+        raise ValueError(f"--save {out} is a folder: --save writes one JSON-lines file")
+    t0 = time.time()
+    with Verifier(task) as verifier:
+        summary, records = evaluate(model, tok, task, rows, verifier, prec, budget, num_samples=cfg.num_samples,
+                                    temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                    batch_size=cfg.batch_size, seed=cfg.seed)
+    traces = [{"prompt": task.prompt(row, tok), "completion": c, "reward": x, "id": row["id"]}
+              for r in records for row in [rows[r["index"]]] for c, x in zip(r["completions"], r["rewards"])]
+    kept = [t for t in traces if task.is_correct(t["reward"]) or not cfg.only_correct]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for t in kept:
+            f.write(json.dumps(t) + "\n")
+    print(f"{task.name} ({split}): {summary['problems']} problems x {summary['samples_per_problem']} samples, "
+          f"T={temperature} | {sum(task.is_correct(t['reward']) for t in traces)} of {len(traces)} correct | wrote "
+          f"{len(kept)}{' correct' if cfg.only_correct else ''} to {out} | {time.time() - t0:.1f}s | model {path}")
+    return kept
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:
-        if os.environ.get("NANOR1_TRACEBACK") == "1":  # debugging: the whole traceback instead
-            raise
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)  # (str(KeyError) adds quotes)
-        sys.exit(2)
+    distributed.run_main(main)  # bad input: one `error:` line, exit 2 (see there)

@@ -1,7 +1,9 @@
-"""GRPO training, R1-Zero style: a base model learns from rule-based rewards alone.
+"""GRPO training, R1-Zero style: a base model learns from rule-based rewards alone; and SFT, the R1 pipeline's
+other half (cold start, distillation).
 
     python train.py                                   the demo: the shipped tiny base on its task, CPU
     python train.py --model DIR --task gsm8k --steps 200 --lr 1e-6   one GPU (or CPU)
+    python train.py --algo sft --data traces.jsonl --task arithmetic  SFT (nanor1/sft.py), same machinery
     torchrun --standalone --nproc_per_node=8 train.py --model DIR --task math
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py ...
     python train.py --help                            every option with its one-line help
@@ -11,26 +13,27 @@ Each step has three phases (nanor1/step.py):
            of whole groups, scored by the task's rules (nanor1/tasks/, in a killable worker process).
   score    advantages within each group (nanor1/grpo.py); the old and reference log-probs when needed.
   update   mu passes over the batch in mini-batches (one AdamW step each), each accumulated over micro-batches.
+--algo sft (train_sft) replaces collect and score by the next --prompts_per_step examples of --data; update
+runs with nanor1/sft.py's learner.
 """
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from nanor1 import distributed
-from nanor1.checkpoint import resume_run, save_checkpoint
+from nanor1 import distributed, lora, sft
+from nanor1.checkpoint import make_run_folder, resume_run, save_checkpoint
 from nanor1.config import parse_args, save as save_config
 from nanor1.data import PromptStream, encode_prompts, fit_prompts, prompt_budget
 from nanor1.evaluate import evaluate
 from nanor1.model import load_model_and_tokenizer
 from nanor1.ppo import CriticLearner, load_critic
 from nanor1.precision import choose as choose_precision
-from nanor1.rollout import Stop
+from nanor1.rollout import Stop, check_memory
 from nanor1.schedule import length_at, lr_at, parse_length_schedule
-from nanor1.step import PolicyLearner, Run, collect, score, update
+from nanor1.step import PolicyLearner, Run, Sums, collect, score, update
 from nanor1.tasks import get_task
 from nanor1.verifier import Verifier
 from nanor1.weights import load_config
@@ -42,25 +45,14 @@ def main(argv=None):
     cfg = parse_args(argv)
     if cfg.dry_run:
         return dry_run(cfg)
-    d = distributed.setup()
-    check_world(cfg, d)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    prec = choose_precision(d.device, cfg.precision)
-    policy, tok = load_model_and_tokenizer(cfg.model, torch.float32, d.device)  # fp32 master weights
-    policy.gradient_checkpointing = cfg.grad_checkpointing
+    if cfg.algo == "sft":  # supervised: the same machinery, another loop (below)
+        return train_sft(cfg)
+    d, prec, policy, tok = start(cfg)
     run = prepare(cfg, d, prec, policy, tok)
     critic = load_critic(cfg.critic_model or cfg.model, tok.vocab_size, policy.config.max_position_embeddings,
                          device=d.device, policy_path=cfg.model) if cfg.algo == "ppo" else None
     out = run_folder(cfg, d, run.task)
-    # The frozen reference exists only when a KL term is on.
-    ref = load_model_and_tokenizer(cfg.model, torch.float32, d.device)[0].requires_grad_(False) if cfg.beta else None
-    learners = [PolicyLearner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)]
-    if critic is not None:  # PPO: the critic trains beside the policy, on the same batches (nanor1/ppo.py)
-        critic.gradient_checkpointing = cfg.grad_checkpointing
-        learners.append(CriticLearner(distributed.shard(critic, d, prec), adamw(critic, cfg, cfg.critic_lr), run))
-    distributed.shard(ref, d, prec, frozen=True)
+    learners, ref = build(cfg, d, prec, run, policy, critic)
     state = dict(step=0, cursor=0, opt_step=0)
     if cfg.resume:
         state = resume_run(cfg, out, policy, learners[0].opt, d, critic, critic and learners[1].opt)
@@ -103,8 +95,91 @@ def main(argv=None):
     return out
 
 
+def train_sft(cfg):
+    """--algo sft: supervised fine-tuning on --data (nanor1/sft.py). Sharding, checkpoints, resume, the lr schedule
+    and the held-out accuracy (with --task) are RL's; a step is one optimiser step on --prompts_per_step examples."""
+    # ----------------------------------------------------------------------------- set-up
+    d, prec, policy, tok = start(cfg)
+    context = policy.config.max_position_embeddings
+    examples = sft.read_examples(cfg.data, tok, context, cfg.drop_long)
+    held_out = sft.read_examples(cfg.eval_data, tok, context, cfg.drop_long, "--eval_data") if cfg.eval_data else []
+    task = make_task(cfg) if cfg.task else None
+    run = Run(cfg=cfg, d=d, prec=prec, tok=tok, task=task, rows=examples, prompts=[],
+              stream=PromptStream(len(examples), cfg.seed), verifier=task and Verifier(task), stop=None,
+              eval_rows=held_out_rows(cfg, task, tok, context - cfg.max_completion_len) if task else [])
+    out = run_folder(cfg, d, task)
+    learner = sft.Learner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)
+    state = resume_run(cfg, out, policy, learner.opt, d) if cfg.resume else dict(step=0, cursor=0, opt_step=0)
+    step, cursor, opt_step = state["step"], state["cursor"], state["opt_step"]
+    log, lr = Log(out, d), schedule_of(cfg, d)
+    log.say(sft.describe(examples, held_out, cfg))
+    if step == 0:
+        log.eval(step, sft_eval(run, policy, held_out))
+
+    # ----------------------------------------------------------------------------- the loop
+    while step < cfg.steps:
+        step += 1
+        t0, sums = time.time(), Sums()
+        batch, cursor = sft.next_batch(run, cursor)
+        opt_step = update(run, batch, [learner], opt_step, lr, sums)
+        t = sums.reduce(d)
+        row = {"step": step, "loss": t["loss"], "tokens": int(t["tokens"]), "lr": lr(opt_step - 1),
+               "grad_norm": t["grad_norm"] / t["opt_steps"], "epoch": cursor / len(examples),
+               "train_s": time.time() - t0}
+        if t["skipped_steps"]:
+            row["skipped_steps"] = int(t["skipped_steps"] / d.world_size)
+        log.sft_step(row)
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+            log.eval(step, sft_eval(run, policy, held_out))
+        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+            trainer = {"step": step, "cursor": cursor, "opt_step": opt_step, "config": vars(cfg)}
+            path = save_checkpoint(out, step, policy, learner.opt, trainer, tok, d, keep_last=cfg.keep_last)
+            log.say(f"saved {path}")
+
+    # ----------------------------------------------------------------------------- the end
+    if task:
+        run.verifier.close()
+    distributed.teardown(d)
+    return out
+
+
+def sft_eval(run, policy, held_out):
+    """SFT's evaluation row: the NLL per target token on --eval_data, and with --task the held-out accuracy."""
+    row = {"eval_loss": sft.eval_loss(run, policy, held_out)} if held_out else {}
+    return {**row, **(run_eval(run, policy) if run.task else {})}
+
+
+def start(cfg):
+    """This process: its rank, threads, seed and precision, and the policy (with its LoRA adapters)."""
+    d = distributed.setup()
+    check_world(cfg, d)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    prec = choose_precision(d.device, cfg.precision)
+    # fp32 master weights; under LoRA the base is frozen in the compute dtype and only the adapters are fp32
+    policy, tok = load_model_and_tokenizer(cfg.model, prec.compute if cfg.lora_rank else torch.float32, d.device)
+    policy.gradient_checkpointing = cfg.grad_checkpointing
+    if cfg.lora_rank:  # before sharding and the optimiser; the seed above gives every rank the same A
+        lora.apply_lora(policy, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, base=cfg.model)
+    return d, prec, policy, tok
+
+
+def build(cfg, d, prec, run, policy, critic):
+    """The learners (the policy, and PPO's critic beside it) sharded with their optimisers, and the frozen KL
+    reference, which exists only when a KL term is on."""
+    learners = [PolicyLearner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)]  # (LoRA: adapters)
+    if critic is not None:  # PPO: the critic trains beside the policy, on the same batches (nanor1/ppo.py)
+        critic.gradient_checkpointing = cfg.grad_checkpointing
+        learners.append(CriticLearner(distributed.shard(critic, d, prec), adamw(critic, cfg, cfg.critic_lr), run))
+    if cfg.beta and cfg.lora_rank:  # the KL reference for free: the policy with its adapters disabled
+        return learners, lora.BaseView(policy)
+    ref = load_model_and_tokenizer(cfg.model, torch.float32, d.device)[0].requires_grad_(False) if cfg.beta else None
+    return learners, distributed.shard(ref, d, prec, frozen=True)
+
+
 def adamw(model, cfg, lr):
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+    return torch.optim.AdamW(lora.trainable(model), lr=lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                              eps=1e-8)
 
 
@@ -137,10 +212,9 @@ def dry_run(cfg):
     for flag, file in (("--data", cfg.data), ("--eval_data", cfg.eval_data)):
         if file and not Path(file).is_file():
             missing.append(f"{flag}: data file {file} not found")
-    if cfg.algo == "sft" and not cfg.data:
-        raise ValueError("--algo sft needs --data FILE.jsonl")
-    if cfg.algo != "sft" and not (cfg.task == "jsonl" and missing):
-        make_task(cfg).train_rows()  # the task exists, its data is there, --reward_fn loads
+    if cfg.task and not (cfg.task == "jsonl" and missing):  # (sft without --task has none)
+        task = make_task(cfg)  # the task exists, its data is there, --reward_fn loads
+        task.eval_rows() if cfg.algo == "sft" else task.train_rows()
     print(json.dumps(vars(cfg)))
     for line in missing:
         print(f"missing: {line}", file=sys.stderr)
@@ -157,6 +231,9 @@ def check_world(cfg, d):
                          f"least {d.world_size * cfg.group_size} (ranks x group_size)")
     if cfg.resume == "latest" and not cfg.out:
         raise ValueError("--resume latest needs --out (the run folder to continue)")
+    if cfg.prompts_per_step // d.world_size * cfg.group_size > 10**7:  # before any list of that size is built
+        raise ValueError(f"--prompts_per_step {cfg.prompts_per_step} x --group_size {cfg.group_size} completions per "
+                         "step: more than 10 million sequences per rank cannot fit any machine")
 
 
 def make_task(cfg):
@@ -175,24 +252,29 @@ def prepare(cfg, d, prec, policy, tok) -> Run:
     prompts = encode_prompts(task, tok, rows)
     budget = prompt_budget(prompts, cfg.max_prompt_len, context, longest)
     rows, prompts = fit_prompts(rows, prompts, budget, cfg.drop_long)
-    eval_rows = task.eval_rows()[:cfg.eval_size]
-    eval_rows, _ = fit_prompts(eval_rows, encode_prompts(task, tok, eval_rows), context - longest, cfg.drop_long,
-                               "held-out")
     cfg.max_prompt_len = budget  # config.json records the budget used
+    check_memory(policy.config, cfg.prompts_per_step // d.world_size * cfg.group_size, budget + longest, prec.compute,
+                 d.device, "a step's rollout")
     return Run(cfg=cfg, d=d, prec=prec, tok=tok, task=task, rows=rows, prompts=prompts,
                stream=PromptStream(len(rows), cfg.seed), verifier=Verifier(task),
-               stop=Stop(eos=tok.eos_token_ids, strings=task.stop, decode=tok.decode), eval_rows=eval_rows,
-               length_schedule=schedule)
+               stop=Stop(eos=tok.eos_token_ids, strings=task.stop, decode=tok.decode),
+               eval_rows=held_out_rows(cfg, task, tok, context - longest), length_schedule=schedule)
+
+
+def held_out_rows(cfg, task, tok, budget):
+    """The first --eval_size rows of the task's eval split whose prompts fit `budget` tokens (or one error)."""
+    rows = task.eval_rows()[:cfg.eval_size]
+    return fit_prompts(rows, encode_prompts(task, tok, rows), budget, cfg.drop_long, "held-out")[0]
 
 
 def run_folder(cfg, d, task) -> Path:
     """OUT (rank 0's timestamp names a new one); config.json records what was resolved, not ""."""
     out = Path(distributed.all_gather_objects(cfg.out or time.strftime("out/run-%Y%m%d-%H%M%S"), d)[0])
-    cfg.out, cfg.template = str(out), task.template
+    cfg.out, cfg.template = str(out), task.template if task else cfg.template
     if not cfg.resume and (out / "metrics.jsonl").exists():
         raise ValueError(f"{out} already holds a run: continue it with --resume latest, or choose another --out")
+    make_run_folder(out)  # refuses a file, a model's folder, a place nothing can be written to
     if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:  # a resume writes it after comparing with the checkpoint's settings
             save_config(cfg, out / "config.json")
         print(json.dumps(vars(cfg)))
@@ -220,7 +302,8 @@ def step_metrics(run, sums, groups, generated, seen, step):
     sums.add(completions=len(generated), reward=sum(s.reward for s in generated),
              correct=sum(task.is_correct(s.reward) for s in generated),
              completion_tokens=sum(len(s.completion) for s in generated), groups=len(groups),
-             verifier_timeouts=stats["timeouts"] - seen["timeouts"], verifier_errors=stats["errors"] - seen["errors"])
+             verifier_timeouts=stats["timeouts"] - seen["timeouts"], verifier_errors=stats["errors"] - seen["errors"],
+             verifier_budget_skipped=stats.get("budget_skipped", 0) - seen.get("budget_skipped", 0))
     if run.cfg.dynamic_sampling:  # the kept groups alone, beside everything generated
         kept = [s for g in groups for s in g]
         sums.add(kept=len(kept), reward_kept=sum(s.reward for s in kept),
@@ -254,9 +337,12 @@ def step_metrics(run, sums, groups, generated, seen, step):
         row["overlong_penalty"] = t["overlong_penalty"] / n
     if "kept" in t:
         row.update(reward_kept=t["reward_kept"] / max(t["kept"], 1), accuracy_kept=t["correct_kept"] / max(t["kept"], 1))
-    if t["verifier_timeouts"] or t["verifier_errors"]:  # rewards scored 0 because the check hung or raised
+        # collect() stops refilling once every rank holds its share, so fewer groups means the refill cap was hit
+        row["refill_cap_hit"] = int(row["groups"] < run.cfg.prompts_per_step)
+    if t["verifier_timeouts"] or t["verifier_errors"] or t["verifier_budget_skipped"]:  # rewards scored 0 because
+        # the check hung, raised, or the round's budget ran out
         row.update(verifier_timeouts=int(t["verifier_timeouts"]), verifier_errors=int(t["verifier_errors"]),
-                   verifier_last_error=stats["last_error"])
+                   verifier_budget_skipped=int(t["verifier_budget_skipped"]), verifier_last_error=stats["last_error"])
     return row
 
 
@@ -276,17 +362,33 @@ class Log:
                 f.write(json.dumps(row) + "\n")
 
     def eval(self, step, row):
-        problems = row.pop("problems")
+        problems = row.pop("problems", None)
+        if not row:  # sft with neither --eval_data nor --task: nothing to evaluate
+            return
         self.write("metrics.jsonl", {"step": step, **row})
         sampled = " | ".join(f"{k[5:]} {v:.3f}" for k, v in row.items() if k.startswith("eval_pass@"))
-        self.say(f"step {step:4d} | eval greedy pass@1 {row['eval_accuracy']:.3f} on {problems} held-out problems"
-                 + (f" | sampled {sampled}" if sampled else ""))
+        fields = [f"step {step:4d}"] + ([f"eval loss {row['eval_loss']:.4f}"] if "eval_loss" in row else [])
+        if "eval_accuracy" in row:
+            fields.append(f"eval greedy pass@1 {row['eval_accuracy']:.3f} on {problems} held-out problems")
+        self.say(" | ".join(fields + ([f"sampled {sampled}"] if sampled else [])))
+
+    def sft_step(self, row):
+        self.write("metrics.jsonl", row)
+        if row.get("skipped_steps"):
+            self.say(f"warning: step {row['step']}: optimiser step skipped: the gradient norm was not finite")
+        self.say(f"step {row['step']:4d} | loss {row['loss']:.4f} | tokens {row['tokens']} | gnorm "
+                 f"{row['grad_norm']:.3f} | lr {row['lr']:.1e} | epoch {row['epoch']:.2f} | train {row['train_s']:.1f}s"
+                 f" | {row['tokens'] / max(row['train_s'], 1e-9):.0f} tok/s")
 
     def step(self, row, generated, cfg, tokens_per_s):
         self.write("metrics.jsonl", row)
         if "verifier_timeouts" in row:
             self.say(f"warning: step {row['step']}: {row['verifier_timeouts']} reward checks timed out, "
-                     f"{row['verifier_errors']} raised (last: {row['verifier_last_error']})")
+                     f"{row['verifier_errors']} raised (last: {row['verifier_last_error']}), "
+                     f"{row['verifier_budget_skipped']} not checked within --reward_budget_s")
+        if row.get("refill_cap_hit"):
+            self.say(f"warning: step {row['step']}: dynamic sampling kept {row['groups']} of {cfg.prompts_per_step} "
+                     f"groups after --max_refill_rounds {cfg.max_refill_rounds}: training on those")
         if row.get("skipped_steps"):
             self.say(f"warning: step {row['step']}: {row['skipped_steps']} of {row['opt_steps']} optimiser steps "
                      "skipped: the gradient norm was not finite")
@@ -310,11 +412,4 @@ class Log:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:  # bad input: one line, no traceback
-        if os.environ.get("NANOR1_TRACEBACK") == "1":  # debugging: the whole traceback instead
-            raise
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)  # (str(KeyError) adds quotes)
-        sys.exit(2)
-    distributed.exit_worker()  # under torchrun: see there why a worker leaves with os._exit
+    distributed.run_main(main)  # bad input: one `error:` line, exit 2 (see there)

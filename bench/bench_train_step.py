@@ -5,10 +5,13 @@ many: seconds per step, trained tokens/s and peak memory per rank, next to scrip
     torchrun --standalone --nproc_per_node=2 bench/bench_train_step.py --model tiny       2 CPU ranks (gloo)
     torchrun --standalone --nproc_per_node=8 bench/bench_train_step.py --model 1.5B --seq 1536 --micro 8 \\
         --sequences 64 --grad_checkpointing                                              issue 13's 1.5B step
+    python bench/bench_train_step.py --model 0.5B --lora_rank 16 ...                    LoRA (issue 19)
 
 Each rank trains on `--sequences` synthetic sequences of `--seq` tokens (half prompt, half completion, groups of
 8 with 0/1 rewards) through nanor1.step's score and update: FSDP2 across ranks, fp32 master weights + AdamW, bf16 compute on
 CUDA, the fused log-prob head, one optimiser step. The first step is a warm-up and is not timed.
+With --lora_rank r: the base frozen in the compute dtype (bf16 on CUDA, fp32 on the CPU), fp32 adapters on all
+seven projections (nanor1/lora.py), AdamW over the adapters only.
 """
 import argparse
 import os
@@ -20,12 +23,12 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from nanor1 import distributed  # noqa: E402
+from nanor1 import distributed, lora  # noqa: E402
 from nanor1 import step as rl  # noqa: E402
 from nanor1.config import ModelConfig, TrainConfig  # noqa: E402
 from nanor1.model import Transformer  # noqa: E402
 from nanor1.precision import choose  # noqa: E402
-from scripts.memory import MODELS, params  # noqa: E402
+from scripts.memory import MODELS, lora_params, params  # noqa: E402
 
 SHAPES = dict(MODELS, tiny=(64, 96, 2, 4, 2, 320, True))  # (hidden, intermediate, layers, heads, kv, vocab, tied)
 
@@ -72,6 +75,7 @@ def main():
     ap.add_argument("--grad_checkpointing", action="store_true")
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lora_rank", type=int, default=0, help="0 = full fine-tuning")
     args = ap.parse_args()
     G = 8
     if args.sequences % G:
@@ -80,9 +84,13 @@ def main():
     d = distributed.setup()
     model = build(args.model, d.device)
     model.gradient_checkpointing = args.grad_checkpointing
+    if args.lora_rank:
+        if d.device.type == "cuda":
+            model.to(torch.bfloat16)  # the frozen base in the compute dtype; the adapters come in fp32
+        lora.apply_lora(model, args.lora_rank)
     prec = choose(d.device)
     distributed.shard(model, d, prec)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    opt = torch.optim.AdamW(lora.trainable(model), lr=1e-6)
     cfg = TrainConfig(prompts_per_step=args.sequences // G * d.world_size, group_size=G, micro_batch_size=args.micro,
                       max_completion_len=args.seq - args.seq // 2, grad_checkpointing=args.grad_checkpointing)
     run = rl.Run(cfg=cfg, d=d, prec=prec, tok=None, task=None, rows=[], prompts=[], stream=None, verifier=None,
@@ -111,9 +119,13 @@ def main():
         sec = sorted(times)[len(times) // 2]
         tokens = args.sequences * args.seq * d.world_size
         state = 16 * n_params / d.world_size / 2 ** 30  # fp32 weights + grads + AdamW moments, sharded
+        if args.lora_rank:  # the frozen base (4 or 2 B/param) + 16 B per adapter parameter
+            base_bytes = 2 if d.device.type == "cuda" else 4
+            state = (base_bytes * n_params + 16 * lora_params(C, I, L, H, K, args.lora_rank)) / d.world_size / 2 ** 30
         device = torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else f"CPU, {args.threads} thread(s)"
         print(f"# {args.model} ({n_params / 1e6:.1f}M params), {d.world_size} rank(s) on {device}, {args.sequences} "
-              f"x {args.seq} tokens per rank, micro {args.micro}, grad checkpointing {args.grad_checkpointing}")
+              f"x {args.seq} tokens per rank, micro {args.micro}, grad checkpointing {args.grad_checkpointing}, "
+              f"LoRA rank {args.lora_rank or 'off'}")
         print("| s / step (median) | trained tokens / s (all ranks) | peak memory / rank | train state / rank "
               "(estimate) |")
         print("|---|---|---|---|")

@@ -8,7 +8,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nanor1.tasks import get_task  # noqa: E402
-from nanor1.verify import Verifier  # noqa: E402
+from nanor1.verifier import Verifier  # noqa: E402
 
 ANSWERS = [("countdown", "</think>\n<answer> (44 + 19) + 35 </answer>"),
            ("gsm8k", "<think> x </think> <answer> $18.00 </answer>"),

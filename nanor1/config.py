@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from nanor1.grpo import KL_ESTIMATORS, LOSS_TYPES, RATIO_LEVELS, SCALES
+from nanor1.lora import check_options as check_lora_options
 from nanor1.schedule import LR_SCHEDULES, lr_at, parse_length_schedule
 
 
@@ -45,7 +46,7 @@ class TrainConfig:
     # --- what to train, and where
     algo: str = "grpo"  # grpo, ppo (a learned critic, GAE), rloo, reinforce_pp (REINFORCE++), sft (supervised, --data)
     model: str = "data/tiny"  # HF-layout model folder (config.json, model.safetensors, tokenizer files)
-    task: str = "arithmetic"  # task (nanor1/tasks/): arithmetic, countdown, multiplication, gsm8k, math, ..., jsonl
+    task: str = ""  # task (nanor1/tasks/): arithmetic, countdown, gsm8k, math, ..., jsonl ("" = arithmetic; sft: none)
     template: str = ""  # prompt template of the task ("" = the task's default: base or instruct)
     data: str = ""  # a JSONL file: the rows of --task jsonl, or the examples of --algo sft
     eval_data: str = ""  # a JSONL file held out for evaluation (--task jsonl, --algo sft)
@@ -53,16 +54,17 @@ class TrainConfig:
     reward: str = "math"  # --task jsonl: math (the MATH verifier), number (GSM8K-style), exact, countdown
     reward_fn: str = ""  # your own reward, "path/to/file.py:function" taking (completion, row) -> float
     grader: str = "builtin"  # answer checking for gsm8k, math and jsonl: builtin, or math_verify (pip install)
+    reward_budget_s: float = 120.0  # wall-clock cap on one round's reward checks; the rest score 0, counted (0 = off)
     out: str = ""  # output folder ("" = a new timestamped folder under out/)
     resume: str = ""  # "latest" = the newest checkpoint in --out, or a checkpoint folder; "" = start fresh
     config: str = ""  # a TOML file of these fields (recipes/); options on the command line override it
     dry_run: bool = False  # check the config, the model and the data, print the resolved config, write nothing
-    steps: int = 100  # training steps; each generates a rollout batch, scores it, then runs mu passes of updates
+    steps: int = 100  # training steps: rollouts, scores, mu passes of updates (sft: one optimiser step each)
     seed: int = 0  # seeds data order, sampling and init of everything random
     threads: int = 2  # torch CPU threads (0 = torch's default); fixed so CPU runs are reproducible
     precision: str = "auto"  # compute dtype: auto (bf16 on CUDA, fp32 on the CPU), bf16, fp32 (nanor1/precision.py)
     # --- rollouts
-    prompts_per_step: int = 32  # P: prompts per step (over all ranks)
+    prompts_per_step: int = 32  # P: prompts per step, over all ranks (sft: examples per optimiser step)
     group_size: int = 8  # G: completions per prompt
     max_prompt_len: int = 0  # prompt budget in tokens (0 = the split's longest prompt); longer ones: see drop_long
     drop_long: bool = False  # leave out prompts (SFT: rows) that do not fit, with a count (else: one clear error)
@@ -72,7 +74,7 @@ class TrainConfig:
     top_p: float = 1.0  # rollout nucleus sampling (1 = off)
     top_k: int = 0  # rollout top-k (0 = off)
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, generate more until the batch is full
-    max_refill_rounds: int = 3  # cap on dynamic-sampling rounds per step; at the cap the step trains on what it has
+    max_refill_rounds: int = 3  # dynamic-sampling refills per step; at the cap: train on what was kept (refill_cap_hit)
     mask_truncated: bool = False  # no loss on completions cut by max_completion_len (DAPO overlong filter)
     overlong_buffer: int = 0  # DAPO soft overlong punishment over the budget's last N tokens (0 = off)
     overlong_penalty: float = 1.0  # reward subtracted at the full budget, linear over the buffer (DAPO: 1.0)
@@ -98,7 +100,7 @@ class TrainConfig:
     value_clip: float = 0.5  # range of the clipped value loss around the old value (veRL: 0.5)
     # --- lora: low-rank adapters on a frozen base (nanor1/lora.py)
     lora_rank: int = 0  # r (0 = off: full fine-tuning)
-    lora_alpha: float = 0.0  # scaling alpha / r (0 = 2r)
+    lora_alpha: int = 0  # scaling alpha / r (0 = 2r)
     lora_dropout: float = 0.0  # dropout on the adapters' input
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # linear layers that get adapters
     # --- optimisation
@@ -131,12 +133,16 @@ class TrainConfig:
         _finite(self)
         _at_least(self, 1, "steps", "prompts_per_step", "group_size", "max_completion_len", "mu", "micro_batch_size",
                   "eval_size", "keep_last")
-        _at_least(self, 0, "threads", "max_prompt_len", "warmup_steps", "eval_every", "save_every", "mini_batch_size",
+        _at_least(self, 0, "reward_budget_s", "threads", "max_prompt_len", "warmup_steps", "eval_every", "save_every", "mini_batch_size",
                   "max_refill_rounds", "log_samples_every", "top_k", "overlong_buffer", "critic_warmup", "lora_rank",
                   "micro_batch_tokens", "eval_samples")
         _one_of(self, algo=ALGOS, loss_type=LOSS_TYPES, precision=PRECISIONS, scale_rewards=SCALES,
                 ratio_level=RATIO_LEVELS, kl_estimator=KL_ESTIMATORS, lr_schedule=LR_SCHEDULES, reward=REWARDS,
                 grader=GRADERS)
+        if self.algo == "sft":
+            _check_sft(self)
+        elif not self.task:
+            self.task = "arithmetic"  # the demo's task; sft without --task evaluates no task
         if self.group_size < 2 and self.algo in ("grpo", "rloo"):
             raise ValueError(f"--group_size must be >= 2 for --algo {self.algo}: its advantage compares the "
                              "completions of a group")
@@ -160,8 +166,7 @@ class TrainConfig:
             raise ValueError(f"--gamma and --lam must be in [0, 1], got {self.gamma}, {self.lam}")
         if not 0 <= self.eval_temperature <= 100:
             raise ValueError(f"--eval_temperature must be in [0, 100], got {self.eval_temperature}")
-        if not self.lora_rank and (self.lora_alpha or self.lora_dropout):
-            raise ValueError("--lora_alpha / --lora_dropout are set but --lora_rank is 0 (LoRA off): set --lora_rank")
+        check_lora_options(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
         parse_length_schedule(self.max_completion_len_schedule)  # fails here, not at step 1040
         lr_at(0, 1, self.lr, self.lr_schedule, self.warmup_steps, self.warmup_ratio, self.min_lr_ratio)
         batch = self.prompts_per_step * self.group_size
@@ -171,6 +176,18 @@ class TrainConfig:
 
 
 ALGOS = ("grpo", "ppo", "rloo", "reinforce_pp", "sft")
+
+
+def _check_sft(cfg):
+    """--algo sft reads examples from --data and takes one optimiser step per --prompts_per_step of them."""
+    if not cfg.data:
+        raise ValueError("--algo sft needs --data FILE.jsonl (rows {\"prompt\", \"completion\"} or {\"messages\"})")
+    if cfg.mu != 1 or cfg.mini_batch_size:
+        raise ValueError("--mu and --mini_batch_size are RL options: --algo sft takes one optimiser step per "
+                         "--prompts_per_step examples")
+    if cfg.task == "jsonl":
+        raise ValueError("--task jsonl reads its rows from --data, which --algo sft uses for its examples: give "
+                         "the held-out accuracy a built-in task, or leave --task out")
 REWARDS = ("math", "number", "exact", "countdown")
 GRADERS = ("builtin", "math_verify")
 
@@ -182,9 +199,11 @@ class SampleConfig:
     chat: bool = False  # wrap --prompt in the ChatML template
     task: str = "arithmetic"  # task for --eval and for the default prompt
     template: str = ""  # the task's prompt template ("" = its default: base or instruct)
-    split: str = ""  # evaluation split of --task ("" = its first)
+    split: str = ""  # split of --task: --eval's ("" = its first eval split), --save's ("" = train)
     eval: bool = False  # evaluate on --task instead of sampling one prompt
-    limit: int = 0  # evaluate only the first N problems (0 = all)
+    save: str = ""  # write --num_samples completions per problem of --split to this JSONL as SFT rows
+    only_correct: bool = False  # --save: keep only the completions the task's reward calls correct (rejection sampling)
+    limit: int = 0  # --eval / --save: only the first N problems (0 = all)
     out: str = ""  # per-problem JSON lines of --eval ("" = out/eval-TASK-TIME.jsonl)
     max_new_tokens: int = 0  # generation budget (0 = the task's: 64 on arithmetic, 1024 on the real tasks)
     temperature: float = -1.0  # 0 = greedy (-1 = the default: 1.0 when sampling, 0 for --eval)
@@ -205,6 +224,10 @@ class SampleConfig:
             raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}")
         if self.temperature < 0 and self.temperature != -1.0:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.save and (self.eval or self.prompt):
+            raise ValueError("--save samples the problems of --task: it does not combine with --eval or --prompt")
+        if self.only_correct and not self.save:
+            raise ValueError("--only_correct filters what --save writes: give --save FILE.jsonl")
 
 
 PRECISIONS = ("auto", "bf16", "fp32")

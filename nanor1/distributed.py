@@ -55,6 +55,24 @@ def teardown(d: Dist):
         dist.destroy_process_group()
 
 
+def run_main(main):
+    """Run an entry script's main: bad input (a ValueError, a missing file, an OSError such as a full disk or an
+    unwritable folder, ...) is one `error:` line and exit code 2, never a traceback; NANOR1_TRACEBACK=1 shows the
+    traceback instead, for debugging. Then a torchrun worker leaves with exit_worker."""
+    try:
+        main()
+    except (ValueError, OSError, KeyError, NotImplementedError) as e:
+        if os.environ.get("NANOR1_TRACEBACK") == "1":
+            raise
+        if isinstance(e, OSError) and e.strerror and e.filename:  # errno's text and the path, not "error: 2"
+            message = f"{e.filename}: {e.strerror}"
+        else:
+            message = e.args[0] if e.args else str(e)  # (str(KeyError) adds quotes)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    exit_worker()
+
+
 def exit_worker():
     """End a torchrun worker with os._exit, skipping Python's interpreter shutdown (a no-op in a single process).
 
@@ -76,7 +94,10 @@ def shard(model, d: Dist, prec=None, frozen=False):
     root (embedding, final norm, lm_head). Parameters stay fp32 (the master copy the optimiser updates);
     `prec.fsdp_policy()` gathers them in the compute dtype and reduces gradients in fp32 (nanor1/precision.py).
     A `frozen` model (the KL reference) has no backward, so its root frees its gathered weights after each
-    forward too. No-op in one process, and for model None."""
+    forward too. No-op in one process, and for model None.
+    Under LoRA (nanor1/lora.py, applied before this) the same units hold a frozen base (bf16 on CUDA) beside fp32
+    adapters: FSDP2 gathers mixed dtypes in one buffer and needs one dtype only among the trainable parameters
+    (the adapters), the only ones it reduce-scatters; nothing here changes."""
     if not d.enabled or model is None:
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

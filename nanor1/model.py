@@ -31,6 +31,7 @@ prefill, cached decoding, per-token log-probs) goes through it. What it returns 
     | forward(ids, kv_cache=cache)           | next-token logits (B, V) at each row's last new      |
     |                                        | token; the cache is written and its lengths advanced |
 """
+import os
 from typing import Optional
 
 import numpy as np
@@ -325,15 +326,24 @@ class Transformer(nn.Module):
         # The tokenizer's vocab_size when the embedding is padded past it (Qwen2.5: 151,665 of 151,936 rows):
         # the fused log-probs then normalise over the real tokens only, the distribution generate() samples.
         self.vocab_limit: Optional[int] = None
+        self.lora = None  # nanor1/lora.py's AdapterConfig once apply_lora has swapped in LoRA layers
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.bfloat16, device="cpu"):
-        """Load a HF-layout folder (config.json + model.safetensors or a sharded index)."""
+        """Load a HF-layout folder (config.json + model.safetensors or a sharded index), or a LoRA adapter
+        folder in PEFT's layout (adapter_config.json: its base model, then the adapters; nanor1/lora.py)."""
+        if os.path.isfile(os.path.join(path, "adapter_config.json")):
+            from nanor1.lora import load_adapter_model  # (lora.py builds on this module)
+            return load_adapter_model(cls, path, dtype=dtype, device=device)
         return weights.load_pretrained(cls, path, dtype=dtype, device=device)
 
     def save_pretrained(self, path, state_dict=None):
-        """Write config.json + model.safetensors that transformers loads. Pass a gathered `state_dict`
-        when the parameters are sharded (FSDP)."""
+        """Write config.json + model.safetensors that transformers loads; under LoRA the adapters only, in
+        PEFT's layout (from_pretrained reads either). Pass a gathered `state_dict` when the parameters are
+        sharded (FSDP)."""
+        if self.lora is not None:
+            from nanor1.lora import save_adapter
+            return save_adapter(self, path, state_dict=state_dict)
         weights.save_pretrained(self, path, state_dict=state_dict)
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, kv_cache: Optional[KVCache] = None,
@@ -428,8 +438,8 @@ def load_model_and_tokenizer(path, dtype=torch.float32, device="cpu"):
     """A checkpoint's model and tokenizer, loaded together so the model can never sample an id the tokenizer
     lacks: a checkpoint's embedding is often padded past the vocabulary (Qwen2.5: 151,936 rows for 151,665
     tokens), and `vocab_limit` keeps the sampler and the fused log-probs on the real ids."""
+    model = Transformer.from_pretrained(path, dtype=dtype, device=device)  # first: a missing folder says so
     tok = Tokenizer.from_pretrained(path)
-    model = Transformer.from_pretrained(path, dtype=dtype, device=device)
     tok.check_model(model.config.vocab_size)
     model.vocab_limit = tok.vocab_size
     return model, tok

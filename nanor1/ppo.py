@@ -231,11 +231,11 @@ class CriticLearner:
         computed with and the returns go into batch.extra for the value loss."""
         cfg, mask, W = run.cfg, batch.mask, run.d.world_size
         values = torch.zeros_like(mask)
-        for idx in micro_batches(batch, range(len(batch)), run.cfg):
+        for idx in micro_batches(batch, range(len(batch)), run.cfg, run.d):
             mb = batch.select(idx)
             with run.prec.autocast():
                 v = self.critic(mb.ids)  # (b, T)
-            values[torch.tensor(idx, device=mask.device), :v.shape[1]] = v
+            values[torch.tensor(idx).to(mask.device, non_blocking=True), :v.shape[1]] = v  # no wait for the GPU
         r = token_rewards(rewards, mask, kl, cfg.beta) if kl is not None else token_rewards(rewards, mask)
         adv, returns = gae(r, values, mask, cfg.gamma, cfg.lam)
         ranks = lambda t: all_reduce(t, run.d)  # noqa: E731

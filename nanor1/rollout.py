@@ -7,7 +7,10 @@
     generate(...)                    the loop: sample, record, drop finished rows from the cache, repeat
 
 Why the trainer's own model: no weight copy to an inference engine, and the sampler and the trainer score the
-same distribution (the `logprob_mismatch` metric; kernels/logprob.py rounds its logits as this head does).
+same weights with the same head: kernels/logprob.py rounds its bf16 logits as this head does. What is left of the
+gap (the `logprob_mismatch` metric) is bf16 rounding inside the body, where a cached decode step and the
+trainer's full forward add in different orders: 7e-4 to 1.3e-3 nats per token on the tiny demo with
+`--precision bf16`, 4e-7 in fp32 (BENCHMARKS.md). `--tis_cap` corrects for what remains (nanor1/grpo.py).
 
 Randomness is drawn per (seed, sequence, position): the sampler's noise for token t of sequence s is keyed
 by s * max_new_tokens + t, so batch composition and compaction never change what a sequence samples.
@@ -103,6 +106,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     _check(model, prompts, max_new_tokens)
     stop = stop or Stop()
     N = len(prompts) * n
+    check_memory(model.config, N, max(len(p) for p in prompts) + max_new_tokens,
+                 compute_dtype(model.model.embed_tokens.weight), model.model.embed_tokens.weight.device)
     cache, logits = prefill(model, prompts, n, max(len(p) for p in prompts) + max_new_tokens)
     device = logits.device
     out = np.zeros((N, max_new_tokens), dtype=np.int64)  # host copy of the ids, for stop checks and the result
@@ -133,6 +138,35 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     return Rollouts(tokens=[out[s, :length[s]].tolist() for s in range(N)],
                     logprobs=[logps[s, :length[s]].tolist() for s in range(N)],
                     truncated=[not e for e in ended])
+
+
+def cache_bytes(cfg, rows, length, dtype):
+    """Bytes of the rollout's KV cache (keys and values of every layer, `rows` x `length` slots) plus its
+    per-row logits and token buffers: the memory a generate() call allocates up front."""
+    kv = 2 * cfg.num_hidden_layers * rows * cfg.num_key_value_heads * length * cfg.head_dim
+    return kv * torch.finfo(dtype).bits // 8 + rows * (cfg.vocab_size * 4 + length * 12)
+
+
+def available_bytes(device):
+    """Free memory where the rollout runs: the GPU's free memory, or the host's available RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux: no check
+        return float("inf")
+
+
+def check_memory(cfg, rows, length, dtype, device, what="the rollout"):
+    """One clear error, before anything is allocated, when `rows` sequences of `length` tokens cannot fit."""
+    need, free = cache_bytes(cfg, rows, length, dtype), available_bytes(device)
+    if need > free:
+        raise ValueError(f"{what} needs about {need / 2**30:,.1f} GiB for the KV cache of {rows:,} sequences x "
+                         f"{length:,} tokens, but {free / 2**30:,.1f} GiB are free: use fewer sequences "
+                         f"(--prompts_per_step, --group_size, --num_samples) or a shorter budget")
 
 
 def _check(model, prompts, max_new_tokens):

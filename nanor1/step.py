@@ -67,7 +67,9 @@ def collect(run: Run, policy, step: int, cursor: int, budget=None):
     """This rank's rollout batch: a list of groups (each G samples), the samples of every group generated (for
     the metrics), and the new cursor. With dynamic sampling (DAPO), groups whose rewards are all equal carry
     no signal and are dropped; new prompts are drawn until every rank holds P / ranks groups or the
-    refill cap is reached (then the step goes on with what it has: the log says so in `refill_cap_hit`)."""
+    refill cap is reached (then the step goes on with what it has: the log says so in `refill_cap_hit`, and
+    warns; veRL's DAPO recipe raises at its cap, max_num_gen_batches, but a long run had better train on fewer
+    groups for a step than stop)."""
     cfg, d = run.cfg, run.d
     P_rank = cfg.prompts_per_step // d.world_size
     kept, generated = [], []
@@ -95,7 +97,8 @@ def rollout_groups(run: Run, policy, row_ids, seed, budget=None):
         res = generate(policy, [run.prompts[i] for i in row_ids], budget or cfg.max_completion_len, cfg.temperature,
                        cfg.top_k, cfg.top_p, n=G, seed=seed, stop=run.stop)
     texts = run.tok.decode_batch(res.tokens)
-    rewards = run.verifier.score(texts, [run.rows[i] for i in row_ids for _ in range(G)])
+    rewards = run.verifier.score(texts, [run.rows[i] for i in row_ids for _ in range(G)],
+                                 budget_s=cfg.reward_budget_s)  # per-completion timeout inside, a cap on the whole
     samples = [Sample(run.prompts[row_ids[k // G]], res.tokens[k], res.logprobs[k], res.truncated[k], rewards[k],
                       texts[k]) for k in range(len(texts))]
     return [samples[i:i + G] for i in range(0, len(samples), G)]
@@ -146,7 +149,7 @@ class Batch:
     def select(self, idx):
         """Rows `idx` (a host list) trimmed to their longest row: a mini- or micro-batch."""
         host = torch.tensor(idx, dtype=torch.long)
-        dev = host.to(self.ids.device)
+        dev = host.to(self.ids.device, non_blocking=True)  # a blocking copy would wait for the GPU's queue
         T = int(self.lengths[host].max()) - 1
         cut = lambda x: None if x is None else x[dev, :T]  # noqa: E731
         return replace(self, ids=cut(self.ids), targets=cut(self.targets), completion=cut(self.completion),
@@ -162,7 +165,7 @@ def pack(samples, device, mask_truncated=False) -> Batch:
     prompt_lens = torch.tensor([len(s.prompt) for s in samples])
     lengths = prompt_lens + torch.tensor([len(s.completion) for s in samples])
     weight = torch.tensor([0.0 if mask_truncated and s.truncated else 1.0 for s in samples])
-    B, T = len(samples), int(lengths.max()) - 1
+    B, T = len(samples), int(lengths.max()) - 1 if samples else 0  # no sample: every group dropped this step
     ids = torch.zeros(B, T + 1, dtype=torch.long)
     completion, sampler = torch.zeros(B, T), torch.zeros(B, T)
     for i, s in enumerate(samples):
@@ -176,7 +179,7 @@ def pack(samples, device, mask_truncated=False) -> Batch:
     return Batch(ids=on(ids[:, :-1]), targets=on(ids[:, 1:]), completion=on(completion),
                  mask=on(completion * weight[:, None]), sampler_logp=on(sampler), prompt_lens=prompt_lens,
                  lengths=lengths, loss_tokens=(lengths - prompt_lens) * weight,
-                 rewards=torch.tensor([s.reward for s in samples]), prompt_keys=keys)
+                 rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32), prompt_keys=keys)
 
 
 # ----------------------------------------------------------------------------- score
@@ -241,20 +244,21 @@ def logprobs(run: Run, model, batch: Batch, sums=None):
     """(B, T) log-probs of the completion tokens under `model`, micro-batch by micro-batch. With `sums`, also
     the entropy and sampler mismatch of the model (the policy that sampled)."""
     out = torch.zeros_like(batch.mask)
-    for idx in micro_batches(batch, range(len(batch)), run.cfg):
+    for idx in micro_batches(batch, range(len(batch)), run.cfg, run.d):
         mb = batch.select(idx)
         with run.prec.autocast():
             logp, entropy = model(mb.ids, targets=mb.targets, temperature=run.cfg.temperature,
                                   positions=mb.positions(), shared_prefix=mb.shared_prefix())
         if sums is not None:
             sums.add(**policy_stats(logp, entropy, mb))
-        out[torch.tensor(idx, device=out.device), :logp.shape[1]] = logp
+        out[torch.tensor(idx).to(out.device, non_blocking=True), :logp.shape[1]] = logp  # no wait for the GPU
     return out
 
 
 def policy_stats(logp, entropy, mb: Batch):
     """Sums over the completion tokens of the policy that sampled them: entropy, and |trainer - sampler| log-
-    prob (logprob_mismatch: ~0 when the trainer scores the distribution the sampler drew from)."""
+    prob (logprob_mismatch: the same weights and head on both sides, so only rounding: ~4e-7 in fp32, ~1e-3
+    nats in bf16, nanor1/rollout.py)."""
     c = mb.completion
     return dict(entropy=(entropy.detach() * c).sum(), mismatch=((logp.detach() - mb.sampler_logp).abs() * c).sum(),
                 tokens_sampled=c.sum())
@@ -270,13 +274,14 @@ def n_mini(cfg, n_rows_rank, world_size):
     return max(1, min(n_rows_rank, math.ceil(n_rows_rank * world_size / cfg.mini_batch_size)))
 
 
-def micro_batches(batch: Batch, rows, cfg):
+def micro_batches(batch: Batch, rows, cfg, d=None):
     """Split `rows` into micro-batches of at most --micro_batch_size rows and, with --micro_batch_tokens, at
     most that many padded tokens (rows x the longest row). With a token budget, prompts are taken longest
     first (by their longest row) and each prompt's rows together, longest first: rows of a size share a
     micro-batch, so little is padding, and a prompt's rows share a micro-batch, where its tokens run once
     (model.SharedPrefix). The normalisers are step-wide, so the split never changes the update, only memory
-    and speed."""
+    and speed. With `d` (several ranks), every rank gets as many micro-batches as the rank with the most
+    (same_count)."""
     rows = list(rows)
     if cfg.micro_batch_tokens:
         length = batch.lengths.tolist()
@@ -295,7 +300,24 @@ def micro_batches(batch: Batch, rows, cfg):
             cur, longest = [], 0
         cur.append(r)
         longest = max(longest, n)
-    return out + ([cur] if cur else [])
+    out += [cur] if cur else []
+    return same_count(out, d) if d is not None and d.enabled else out
+
+
+def same_count(mbs, d):
+    """Under FSDP each forward gathers the weights in a collective, so every rank must run as many micro-batches
+    as the others: a token budget over ragged rows gives one rank 3 and another 2, and the first would wait
+    forever. A rank with fewer halves its micro-batch of most rows until the counts agree (every rank holds
+    as many rows, so it always can); the rows, hence the update, are the same."""
+    most = int(distributed.all_reduce(torch.tensor([len(mbs)]), d, "max").item())
+    while len(mbs) < most:
+        i = max(range(len(mbs)), key=lambda j: len(mbs[j]))
+        if len(mbs[i]) < 2:
+            raise RuntimeError(f"rank {d.rank}: {len(mbs)} micro-batches of one row cannot become {most}: the ranks "
+                               "hold different numbers of rows")
+        half = len(mbs[i]) // 2
+        mbs[i:i + 1] = [mbs[i][:half], mbs[i][half:]]
+    return mbs
 
 
 class Sums:
@@ -391,7 +413,7 @@ def update(run: Run, batch: Batch, learners, opt_step: int, lr_at, sums, budget=
     norms = normalisers(run, batch, minis)
     for _ in range(cfg.mu):
         for mini, norm in zip(minis, norms):
-            for idx in micro_batches(batch, mini, cfg):
+            for idx in micro_batches(batch, mini, cfg, d):
                 mb = batch.select(idx)
                 for learner in learners:
                     loss, stats, maxes = learner.loss(mb, norm, budget or cfg.max_completion_len)

@@ -59,27 +59,38 @@ def chatml(messages, add_generation_prompt=True, default_system=None):
     return "".join(parts)
 
 
-def _read_json(path):
-    """A JSON file as a dict, or None when the file does not exist."""
+def read_json(path):
+    """The JSON object in file `path` (a config file of a model folder), or None when the file does not exist.
+    A file that is not UTF-8, not JSON, or not an object (say `null`) is a ValueError naming the file."""
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}), so not a JSON file") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object {{...}}, got {json.dumps(obj)[:40]}")
+    return obj
 
 
-def _token_name(value):
+def _token_name(value, path, field):
     # tokenizer_config.json writes a token as a string, or as an AddedToken dict {"content": "<|im_end|>", ...}
-    return value.get("content") if isinstance(value, dict) else value
+    name = value.get("content") if isinstance(value, dict) else value
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"{path}: tokenizer_config.json {field} must be a token string, got {value!r}")
+    return name
 
 
-def _as_list(value):
+def _ids(value, path, field):
     # generation_config.json writes eos_token_id as an int or a list of ints
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+    ids = [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+    if not all(type(i) is int for i in ids):
+        raise ValueError(f"{path}: generation_config.json {field} must be an int or a list of ints, got {value!r}")
+    return ids
 
 
 class Tokenizer:
@@ -100,9 +111,12 @@ class Tokenizer:
         if not os.path.isfile(tok_file):
             raise FileNotFoundError(f"no tokenizer.json in {path!r}: a tokenizer folder needs tokenizer.json "
                                     "(tokenizer_config.json and generation_config.json are optional)")
-        tok = _HFTokenizer.from_file(tok_file)
-        tok_cfg = _read_json(os.path.join(path, "tokenizer_config.json")) or {}
-        gen_cfg = _read_json(os.path.join(path, "generation_config.json")) or {}
+        try:
+            tok = _HFTokenizer.from_file(tok_file)
+        except Exception as e:  # the Rust library raises a bare Exception for every parse error
+            raise ValueError(f"{tok_file}: not a readable tokenizer.json ({e})") from None
+        tok_cfg = read_json(os.path.join(path, "tokenizer_config.json")) or {}
+        gen_cfg = read_json(os.path.join(path, "generation_config.json")) or {}
 
         def token_id(name, field):
             i = tok.token_to_id(name)
@@ -112,9 +126,10 @@ class Tokenizer:
 
         # EOS: the union of both files' choices; the primary one is tokenizer_config's when it names one.
         eos_ids = []
-        if _token_name(tok_cfg.get("eos_token")) is not None:
-            eos_ids.append(token_id(_token_name(tok_cfg["eos_token"]), "eos_token"))
-        eos_ids += [int(i) for i in _as_list(gen_cfg.get("eos_token_id"))]
+        eos_name = _token_name(tok_cfg.get("eos_token"), path, "eos_token")
+        if eos_name is not None:
+            eos_ids.append(token_id(eos_name, "eos_token"))
+        eos_ids += _ids(gen_cfg.get("eos_token_id"), path, "eos_token_id")
         if not eos_ids:
             raise ValueError(f"{path}: no EOS token: neither tokenizer_config.json 'eos_token' nor "
                              "generation_config.json 'eos_token_id' names one")
@@ -123,10 +138,14 @@ class Tokenizer:
             raise ValueError(f"{path}: generation_config.json eos_token_id {bad} is outside the vocabulary")
 
         # PAD: tokenizer_config's, else generation_config's, else the primary EOS (only ever a filler).
-        if _token_name(tok_cfg.get("pad_token")) is not None:
-            pad_id = token_id(_token_name(tok_cfg["pad_token"]), "pad_token")
-        elif gen_cfg.get("pad_token_id") is not None:
-            pad_id = int(_as_list(gen_cfg["pad_token_id"])[0])
+        pad_name = _token_name(tok_cfg.get("pad_token"), path, "pad_token")
+        pad_ids = _ids(gen_cfg.get("pad_token_id"), path, "pad_token_id")
+        if pad_name is not None:
+            pad_id = token_id(pad_name, "pad_token")
+        elif pad_ids:
+            pad_id = pad_ids[0]
+            if not 0 <= pad_id < tok.get_vocab_size(with_added_tokens=True):
+                raise ValueError(f"{path}: generation_config.json pad_token_id {pad_id} is outside the vocabulary")
         else:
             pad_id = eos_ids[0]
         return cls(tok, eos_ids, eos_ids[0], pad_id, path=path)

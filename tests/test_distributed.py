@@ -63,6 +63,21 @@ def test_two_ranks_make_the_same_update_as_one(folder, tmp_path):
     assert ((per_shard_scale / (clip / one_norms) - 1).abs() > 0.05).all(), (local, one_norms)
 
 
+def test_two_rank_sft_step_equals_one_process(folder, tmp_path):
+    """nanor1/sft.py's learner through step.update: 2 ranks with different micro-batch counts (evened out) make
+    the same SGD step as one process on all the rows, and log the same loss and target-token count."""
+    torchrun("tests/dist_worker.py", "sft", folder, tmp_path)
+    two = torch.load(tmp_path / "sft.pt")
+    torch.manual_seed(0)
+    one, sums = dist_worker.sft_step(Transformer.from_pretrained(folder, dtype=torch.float32), Dist(),
+                                     dist_worker.sft_examples())
+    base = Transformer.from_pretrained(folder, dtype=torch.float32).state_dict()
+    assert max((one[k] - base[k]).abs().max().item() for k in one) > 1e-2  # the step moved the weights
+    for k in one:
+        torch.testing.assert_close(two["params"][k], one[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    assert two["sums"]["tokens"] == sums["tokens"] and abs(two["sums"]["loss"] - sums["loss"]) < 1e-6
+
+
 def test_ranks_with_different_decode_lengths_finish(folder, tmp_path):
     torchrun("tests/dist_worker.py", "rollout", folder, tmp_path, timeout=240)
     total = int((tmp_path / "rollout.txt").read_text())
@@ -122,3 +137,31 @@ def test_torchrun_train_with_reference_model_and_mini_batches(tmp_path):
              "--prompts_per_step", "8", "--group_size", "4", "--eval_size", "16", "--threads", "1", timeout=600)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"reward"' in x]
     assert [r["step"] for r in rows] == [1, 2] and all(r["kl"] >= 0 for r in rows) and rows[1]["kl"] > 0
+
+
+def test_two_ranks_compute_bf16_as_one_process(folder, tmp_path):
+    """--precision bf16 (nanor1/precision.py): FSDP2 all-gathers bf16 weights and runs under the same autocast
+    as one process over fp32 weights, with the model's fp32 residual stream on both paths. Each rank's
+    log-probs equal one process's on the same rows, bit for bit; one step (gradients reduced in fp32 over
+    the ranks, where one process sums over all rows in one backward) agrees to bf16 rounding."""
+    torchrun("tests/dist_worker.py", "bf16", folder, tmp_path)
+    two = torch.load(tmp_path / "bf16.pt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers ran
+    try:
+        for rank in range(2):
+            one = dist_worker.bf16_logprobs(Transformer.from_pretrained(folder, dtype=torch.float32), Dist(), rank)
+            theirs = two["logp"][rank, :, :one.shape[1]]
+            diff = (theirs - one).abs().max().item()
+            assert diff == 0, f"rank {rank}: bf16 log-probs differ from one process's by up to {diff:.2e}"
+        torch.manual_seed(0)
+        one = dist_worker.one_step(Transformer.from_pretrained(folder, dtype=torch.float32), Dist(), "grpo",
+                                   precision="bf16")
+    finally:
+        torch.set_num_threads(threads)
+    base = Transformer.from_pretrained(folder, dtype=torch.float32).state_dict()
+    moved = torch.cat([(one[k] - base[k]).flatten() for k in one])
+    gap = torch.cat([(two["params"][k] - one[k]).flatten() for k in one])
+    print(f"bf16 step: |two - one| max {gap.abs().max():.2e}, relative to the step {gap.norm() / moved.norm():.2e}")
+    assert moved.abs().max() > 1e-2
+    assert gap.norm() / moved.norm() < 1e-2  # bf16 keeps 8 bits: gradients rounded per rank differ at ~4e-3

@@ -202,15 +202,17 @@ def test_tied_model_ignores_lm_head_in_the_file(tmp_path):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_model_logprobs_and_grads_through_triton_match_torch(tmp_path, tied):
-    """forward(targets=...) through the fused Triton kernel (interpreter on the CPU) vs the torch path."""
+    """forward(targets=...) through the fused Triton kernel (compiled on a GPU, the interpreter on the CPU) vs
+    the torch path."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     folder, _ = hf_tiny(tmp_path, tied=tied)
-    ids, tgt = torch.randint(0, 97, (3, 7)), torch.randint(0, 97, (3, 7))
+    ids, tgt = torch.randint(0, 97, (3, 7), device=dev), torch.randint(0, 97, (3, 7), device=dev)
     results = {}
     for impl in ("torch", "triton"):
-        model = Transformer.from_pretrained(folder, dtype=torch.float32)
+        model = Transformer.from_pretrained(folder, dtype=torch.float32, device=dev)
         model.logprob_impl = impl
         logp, ent = model(ids, targets=tgt, temperature=0.8)
-        (logp * torch.randn(3, 7, generator=torch.Generator().manual_seed(1))).sum().backward()
+        (logp * torch.randn(3, 7, generator=torch.Generator().manual_seed(1)).to(dev)).sum().backward()
         results[impl] = (logp.detach(), ent.detach(), {n: p.grad for n, p in model.named_parameters()})
     (lt, et, gt), (lp, ep, gp) = results["torch"], results["triton"]
     torch.testing.assert_close(lp, lt, rtol=1e-4, atol=1e-5)

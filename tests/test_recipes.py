@@ -1,45 +1,30 @@
 """The recipe files (recipes/*.toml): each parses with tomllib, uses only TrainConfig field names with values of
 the field's type and one of its allowed choices, cites a source next to every key, and describes a batch that
 nanoR1's mini-batching can split."""
+import json
 import re
+import subprocess
+import sys
 import tomllib
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+import train
+from nanor1.config import ALGOS, GRADERS, REWARDS, TrainConfig, parse_args
+from nanor1.grpo import KL_ESTIMATORS, LOSS_TYPES, RATIO_LEVELS, SCALES
+from nanor1.schedule import LR_SCHEDULES
 from nanor1.tasks import get_task
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 EXPECTED = {"tinyzero", "simplerl_zero", "deepscaler", "open_r1", "open_r1_sft", "mini_r1", "oat_zero", "orz",
             "unsloth"}
 
-# TrainConfig's fields, existing and planned (the helper brief's list), with the TOML type each takes.
-# lora_alpha is an int as in PEFT's LoraConfig. (The lead replaces this table with dataclasses.fields(TrainConfig)
-# once every field has landed.)
-STR, INT, FLOAT, BOOL = str, int, float, bool
-FIELDS = {
-    "algo": STR, "model": STR, "task": STR, "template": STR, "data": STR, "eval_data": STR, "answer_key": STR,
-    "reward": STR, "reward_fn": STR, "grader": STR, "out": STR, "resume": STR, "steps": INT, "seed": INT,
-    "threads": INT, "config": STR, "dry_run": BOOL,
-    "prompts_per_step": INT, "group_size": INT, "max_prompt_len": INT, "max_completion_len": INT,
-    "max_completion_len_schedule": STR, "drop_long": BOOL, "temperature": FLOAT, "top_p": FLOAT, "top_k": INT,
-    "dynamic_sampling": BOOL, "max_refill_rounds": INT, "mask_truncated": BOOL, "overlong_buffer": INT,
-    "overlong_penalty": FLOAT,
-    "loss_type": STR, "scale_rewards": STR, "clip_low": FLOAT, "clip_high": FLOAT, "clip_ratio_c": FLOAT,
-    "ratio_level": STR, "beta": FLOAT, "kl_estimator": STR, "kl_in_reward": BOOL, "entropy_coef": FLOAT,
-    "tis_cap": FLOAT, "mu": INT,
-    "critic_model": STR, "critic_lr": FLOAT, "critic_warmup": INT, "gamma": FLOAT, "lam": FLOAT, "value_clip": FLOAT,
-    "lora_rank": INT, "lora_alpha": INT, "lora_dropout": FLOAT, "lora_targets": STR,
-    "lr": FLOAT, "lr_schedule": STR, "warmup_steps": INT, "warmup_ratio": FLOAT, "min_lr_ratio": FLOAT,
-    "beta1": FLOAT, "beta2": FLOAT, "weight_decay": FLOAT, "grad_clip": FLOAT, "mini_batch_size": INT,
-    "micro_batch_size": INT, "micro_batch_tokens": INT, "grad_checkpointing": BOOL,
-    "eval_every": INT, "eval_size": INT, "eval_samples": INT, "eval_temperature": FLOAT, "log_samples_every": INT,
-    "save_every": INT, "keep_last": INT,
-}
-CHOICES = {"algo": {"grpo", "ppo", "rloo", "reinforce_pp", "sft"}, "loss_type": {"grpo", "dapo", "dr_grpo"},
-           "scale_rewards": {"group", "batch", "none"}, "kl_estimator": {"k1", "k2", "k3", "low_var_kl"},
-           "lr_schedule": {"constant", "linear", "cosine"}, "grader": {"builtin", "math_verify"},
-           "ratio_level": {"token", "sequence"}, "reward": {"math", "number", "exact", "countdown"}}
+# TrainConfig's fields with the TOML type each takes, and the choices of the fields that have them.
+FIELDS = {f.name: {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, f.type) for f in fields(TrainConfig)}
+CHOICES = {"algo": ALGOS, "loss_type": LOSS_TYPES, "scale_rewards": SCALES, "kl_estimator": KL_ESTIMATORS,
+           "lr_schedule": LR_SCHEDULES, "grader": GRADERS, "ratio_level": RATIO_LEVELS, "reward": REWARDS}
 LORA_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
@@ -99,3 +84,59 @@ def test_deepscaler_schedule_grows_the_budget_at_the_published_steps():
 def test_sft_recipe_reads_a_jsonl_file():
     cfg = load("open_r1_sft")
     assert cfg["algo"] == "sft" and cfg["data"].endswith(".jsonl")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_recipe_passes_dry_run(name):
+    """--dry_run validates the whole config, prints it as one JSON object and writes nothing; the model folders
+    are not here, so it says what to download."""
+    p = subprocess.run([sys.executable, "train.py", "--config", f"recipes/{name}.toml", "--dry_run"],
+                       cwd=RECIPES.parent, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    resolved = json.loads(p.stdout)
+    assert resolved == {**vars(TrainConfig()), **load(name), "config": f"recipes/{name}.toml", "dry_run": True,
+                        "scale_rewards": resolved["scale_rewards"]}
+    assert f"model folder {load(name)['model']} not found: download" in p.stderr
+
+
+# What a recipe's one step on the tiny base overrides: the model, the task and the sizes, nothing of the method.
+TINY_STEP = ["--model", "data/tiny", "--task", "arithmetic", "--template", "base", "--grader", "builtin", "--steps", "1",
+             "--prompts_per_step", "2", "--max_prompt_len", "0", "--max_completion_len", "8",
+             "--max_completion_len_schedule", "", "--mini_batch_size", "0", "--eval_size", "2", "--eval_samples", "0",
+             "--threads", "1", "--log_samples_every", "0", "--micro_batch_tokens", "0", "--micro_batch_size", "16"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED - {"open_r1_sft"}))
+def test_every_rl_recipe_runs_one_step_on_the_tiny_base(name, tmp_path):
+    group = ["--group_size", "2"] if load(name).get("group_size", 8) > 1 else []
+    out = train.main(["--config", str(RECIPES / f"{name}.toml"), "--out", str(tmp_path / name), *TINY_STEP, *group,
+                      *(["--data", "", "--eval_data", ""] if load(name).get("task") == "jsonl" else [])])
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    step = [r for r in rows if "reward" in r]
+    assert len(step) == 1 and step[0]["completions"] > 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["algo"] == load(name)["algo"] and saved["lr"] == load(name)["lr"]  # the recipe's method ran
+
+
+def test_command_line_beats_the_file(tmp_path):
+    f = tmp_path / "r.toml"
+    f.write_text('lr = 1e-6  # the file\nsteps = 7\nalgo = "rloo"\n')
+    cfg = parse_args(["--config", str(f), "--lr=2e-6", "--algo", "grpo"])
+    assert (cfg.lr, cfg.steps, cfg.algo) == (2e-6, 7, "grpo")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lr = ", "not valid TOML"),
+    ("learning_rate = 1e-6", "unknown key 'learning_rate'"),
+    ("steps = 1.5", "key 'steps' must be int, got float"),
+    ("lr = \"fast\"", "key 'lr' must be float, got str"),
+    ("dynamic_sampling = 1", "key 'dynamic_sampling' must be bool, got int"),
+    ("[section]\nlr = 1e-6", "unknown key 'section'"),
+])
+def test_bad_config_files_are_one_clear_error(tmp_path, text, message):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_args(["--config", str(f)])
+    with pytest.raises(FileNotFoundError, match="not found"):
+        parse_args(["--config", str(tmp_path / "none.toml")])

@@ -234,6 +234,8 @@ def test_decode_attention_gets_the_compute_dtype_under_autocast(tiny, monkeypatc
     assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="forces Triton on CPU tensors (the interpreter); on a GPU "
+                    "the kernel tests run the compiled kernels and bench/bench_rollout.py the engine")
 def test_rollout_through_the_triton_kernels_matches_torch(tiny, monkeypatch):
     """The whole engine with decode attention and sampling in Triton (the interpreter on the CPU)."""
     import kernels.decode_attention as da

@@ -1,6 +1,9 @@
 """The training loop's pieces on tiny random models: it learns, micro-batching is exact, configs fail clearly."""
 import copy
 import json
+import linecache
+import math
+import warnings
 
 import pytest
 import torch
@@ -53,7 +56,7 @@ class InProcessVerifier:
     def __init__(self, task):
         self.task = task
 
-    def score(self, texts, rows):
+    def score(self, texts, rows, budget_s=None):
         return [self.task.reward(t, r) for t, r in zip(texts, rows)]
 
 
@@ -208,7 +211,7 @@ def test_verifier_timeouts_reach_the_log(tmp_path, monkeypatch, capsys):
             super().__init__(task)
             self.calls, self.stats = 0, {"timeouts": 0, "errors": 0, "last_error": None}
 
-        def score(self, texts, rows):
+        def score(self, texts, rows, budget_s=None):
             self.calls += 1
             if self.calls == 3:  # call 1: the step-0 eval, call 2: step 1, call 3: step 2
                 self.stats.update(timeouts=2, errors=1, last_error="ZeroDivisionError: boom")
@@ -225,3 +228,214 @@ def test_verifier_timeouts_reach_the_log(tmp_path, monkeypatch, capsys):
     assert [(r.get("verifier_timeouts"), r.get("verifier_errors")) for r in rows] == [(None, None), (2, 1),
                                                                                        (None, None)]
     assert "2 reward checks timed out, 1 raised (last: ZeroDivisionError: boom)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- issue 17: real runs correct by default
+
+class CountingLearner:
+    """A stand-in for PolicyLearner that records what update() hands it: the rows of each micro-batch, and the
+    optimiser steps with their learning rate."""
+    prefix, counts_steps = "", True
+
+    def __init__(self):
+        self.p = torch.nn.Parameter(torch.zeros(()))
+        self.micro, self.steps = [], []  # rows per micro-batch; (rows since the last step, lr) per optimiser step
+        self.rows = 0
+
+    def loss(self, mb, norms, budget):
+        self.micro.append(len(mb))
+        self.rows += len(mb)
+        return self.p * len(mb), {"loss": 0.0}, {}
+
+    def step(self, lr):
+        self.steps.append((self.rows, lr))
+        self.rows = 0
+        return torch.tensor(0.0), True
+
+
+def flat_groups(n, G=4, reward=lambda i, j: float(j % 2)):
+    return [[rl.Sample(prompt=[1, 2, 3], completion=[4, 5, 6][:1 + j % 3], sampler_logp=[0.0] * (1 + j % 3),
+                       truncated=False, reward=reward(i, j), text="") for j in range(G)] for i in range(n)]
+
+
+@pytest.mark.parametrize("kept, want", [(8, [8, 8, 8, 8]), (5, [7, 7, 6]), (3, [6, 6]), (1, [4]), (0, [])])
+def test_mini_batches_come_from_the_kept_batch(kept, want):
+    """Nominal batch 8 groups x 4 = 32 rows, --mini_batch_size 8: 4 optimiser steps. With fewer groups kept the
+    kept rows are split into ceil(rows / 8) mini-batches (never more than rows), none empty; the lr clock
+    (opt_step: warm-up, decay) advances once per step actually taken, and not at all when nothing was kept."""
+    cfg = TrainConfig(prompts_per_step=8, group_size=4, mini_batch_size=8, micro_batch_size=4, lr=1.0,
+                      warmup_steps=100)
+    run = make_run(cfg, rows(8))
+    batch = rl.pack([s for g in flat_groups(kept) for s in g], torch.device("cpu"))
+    learner, sums = CountingLearner(), rl.Sums()
+    opt_step = rl.update(run, batch, [learner], 7, train.schedule_of(cfg, run.d), sums)
+    assert [n for n, _ in learner.steps] == want and all(0 < n <= 4 for n in learner.micro)
+    assert opt_step == 7 + len(want)
+    assert [lr for _, lr in learner.steps] == [(7 + i + 1) / 100 for i in range(len(want))]  # warm-up from step 7
+    assert sums.sums.get("opt_steps", 0) == len(want)
+
+
+class StatsVerifier(InProcessVerifier):
+    stats = {"timeouts": 0, "errors": 0, "last_error": None}
+
+
+def test_dynamic_sampling_at_the_refill_cap_trains_on_what_it_kept(folder, capsys):
+    """DAPO's dynamic sampling with every group flat: the cap is reached with nothing kept. The step takes no
+    optimiser step, logs refill_cap_hit = 1 and warns; reward is over everything generated, reward_kept over
+    the kept groups. Half the groups flat and no refill: half kept, the kept rewards by hand."""
+    torch.manual_seed(0)
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for flat, refills in ((lambda i: True, 2), (lambda i: i % 2 == 0, 0)):
+        cfg = TrainConfig(prompts_per_step=8, group_size=4, max_completion_len=6, dynamic_sampling=True,
+                          max_refill_rounds=refills, log_samples_every=0)
+        run = make_run(cfg, [dict(r, flat=flat(i)) for i, r in enumerate(rows(64))], HalfFlatTask())
+        run.verifier = StatsVerifier(run.task)
+        groups, generated, cursor = rl.collect(run, model, 1, 0)
+        assert cursor == 8 * (refills + 1) and len(generated) == cursor * 4
+        batch, sums = rl.score(run, groups, model, None)
+        rl.update(run, batch, [rl.PolicyLearner(model, opt, run)], 0, lambda s: cfg.lr, sums)
+        row = train.step_metrics(run, sums, groups, generated, {"timeouts": 0, "errors": 0}, 1)
+        kept = [s.reward for g in groups for s in g]
+        assert row["refill_cap_hit"] == 1 and row["groups"] == len(groups) < 8
+        assert row["reward"] == pytest.approx(sum(s.reward for s in generated) / len(generated))
+        assert row["reward_kept"] == pytest.approx(sum(kept) / max(len(kept), 1))
+        assert ("opt_steps" in row) == bool(groups)
+    assert groups  # the second case kept some groups
+
+
+def test_refill_cap_and_skipped_steps_warn_on_the_console(tmp_path, capsys):
+    cfg = TrainConfig(prompts_per_step=8, max_refill_rounds=2, log_samples_every=0)
+    row = dict(step=3, reward=0.5, accuracy=0.0, response_length=4.0, groups=5, refill_cap_hit=1, lr=0.1,
+               rollout_s=0.0, train_s=0.0, opt_steps=2, skipped_steps=1, clip_frac=0.0, grad_norm=float("inf"))
+    train.Log(tmp_path, Dist()).step(row, [], cfg, 0.0)
+    out = capsys.readouterr().out
+    assert "warning: step 3: dynamic sampling kept 5 of 8 groups after --max_refill_rounds 2: training on those" in out
+    assert "warning: step 3: 1 of 2 optimiser steps skipped: the gradient norm was not finite" in out
+    logged = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert (logged["refill_cap_hit"], logged["skipped_steps"]) == (1, 1)
+
+
+def test_a_non_finite_gradient_skips_the_step_and_leaves_the_weights(folder):
+    """An inf planted in one gradient: the optimiser step is skipped (weights and AdamW state untouched, the
+    gradients dropped) and counted as skipped_steps; the next step trains normally."""
+    torch.manual_seed(0)
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    cfg = TrainConfig(prompts_per_step=4, group_size=4, max_completion_len=6, lr=1e-2)
+    run = make_run(cfg, rows(4))
+    groups, *_ = rl.collect(run, model, 1, 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    before = [p.detach().clone() for p in model.parameters()]
+    hook = model.model.layers[0].mlp.up_proj.weight.register_hook(lambda g: g.index_fill(0, torch.tensor([3]),
+                                                                                          float("inf")))
+    m = train_step(run, model, None, opt, groups)
+    hook.remove()
+    assert (m["skipped_steps"], m["opt_steps"]) == (1, 1) and not math.isfinite(m["grad_norm"])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and not opt.state
+    assert all(p.grad is None for p in model.parameters())
+    m = train_step(run, model, None, opt, groups)
+    assert (m["skipped_steps"], m["opt_steps"]) == (0, 1) and math.isfinite(m["grad_norm"])
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_tis_weights_in_the_loop_by_hand(folder):
+    """--tis_cap 2 through score + update: the sampler's log-probs planted at old - log 4 on even tokens (weight
+    4, capped at 2) and old + log 2 on odd ones (weight 1/2), old being the policy's own log-probs here (one
+    pass). tis_weight_mean and tis_capped_frac are those weights' token means."""
+    torch.manual_seed(0)
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    cfg = TrainConfig(prompts_per_step=4, group_size=4, max_completion_len=6, tis_cap=2.0, lr=0.0)
+    run = make_run(cfg, rows(4))
+    groups, *_ = rl.collect(run, model, 1, 0)
+    samples = [s for g in groups for s in g]
+    batch = rl.pack(samples, torch.device("cpu"))
+    old = rl.logprobs(run, model, batch)  # (B, T)
+    n = capped = 0
+    for b, s in enumerate(samples):
+        start = len(s.prompt) - 1
+        own = old[b, start:start + len(s.completion)].tolist()
+        s.sampler_logp = [x - math.log(4) if t % 2 == 0 else x + math.log(2) for t, x in enumerate(own)]
+        n, capped = n + len(own), capped + (len(own) + 1) // 2
+    m = train_step(run, model, None, torch.optim.SGD(model.parameters(), lr=0.0), groups)
+    assert m["tis_weight_mean"] / m["tokens"] == pytest.approx((2 * capped + 0.5 * (n - capped)) / n, rel=1e-5)
+    assert m["tis_capped_frac"] / m["tokens"] == pytest.approx(capped / n, rel=1e-6)
+
+
+@pytest.mark.skipif(not (train.Path(__file__).resolve().parents[1] / "data/tiny/model.safetensors").is_file(),
+                    reason="data/tiny not built")
+def test_dynamic_sampling_and_tis_reach_metrics_jsonl(tmp_path):
+    """The options as a user turns them on: their metrics are in every step's row of metrics.jsonl."""
+    out = tmp_path / "run"
+    train.main(["--out", str(out), "--steps", "2", "--prompts_per_step", "4", "--group_size", "4", "--eval_size",
+                "4", "--eval_every", "0", "--max_completion_len", "8", "--threads", "1", "--dynamic_sampling",
+                "--max_refill_rounds", "1", "--tis_cap", "2"])
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"reward"' in x]
+    keys = {"reward", "accuracy", "reward_kept", "accuracy_kept", "refill_cap_hit"}
+    assert len(steps) == 2 and all(keys <= set(r) for r in steps), steps
+    trained = [r for r in steps if "opt_steps" in r]
+    assert all({"tis_weight_mean", "tis_capped_frac"} <= set(r) for r in trained)
+    # On the CPU in fp32 the trainer scores exactly the sampler's distribution: weights 1, none capped.
+    assert all(abs(r["tis_weight_mean"] - 1) < 1e-4 and r["tis_capped_frac"] == 0 for r in trained)
+
+
+def test_completion_only_logprobs_equal_the_full_ones(folder):
+    """The fused head on the completion positions only (Batch.positions) gives the full pass's log-probs and
+    entropies there, 0 elsewhere, and the same gradients for a loss over the completion tokens."""
+    torch.manual_seed(0)
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    samples = [rl.Sample(prompt=torch.randint(0, 97, (p,), generator=g).tolist(),
+                         completion=torch.randint(0, 97, (c,), generator=g).tolist(), sampler_logp=[0.0] * c,
+                         truncated=False, reward=0.0, text="") for p, c in ((5, 3), (2, 7), (9, 1), (4, 4))]
+    batch = rl.pack(samples, torch.device("cpu"))
+    rows, cols = batch.positions()
+    assert len(rows) == 15 and torch.equal(batch.completion.nonzero().T, torch.stack([rows, cols]))
+    grads = []
+    for positions in (None, (rows, cols)):
+        model.zero_grad()
+        logp, ent = model(batch.ids, targets=batch.targets, temperature=0.7, positions=positions)
+        ((logp + 0.1 * ent) * batch.completion).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        if positions is None:
+            full = logp.detach() * batch.completion, ent.detach() * batch.completion
+    torch.testing.assert_close(logp.detach(), full[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ent.detach(), full[1], rtol=1e-6, atol=1e-6)
+    assert (logp.detach()[batch.completion == 0] == 0).all()
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: counts the host's waits for the GPU")
+def test_update_waits_for_the_gpu_once_per_optimiser_step(folder):
+    """torch's sync debug mode warns at every host sync (an .item(), a bool of a GPU tensor, a blocking copy).
+    In update(), the host may wait only at the non-finite check of each optimiser step (4 here: mu 2 x 2
+    mini-batches, over 16 micro-batches): not in the forward, the loss, the statistics, the clip or AdamW.
+    Syncs inside backward() are torch's kernels (listed in the message, not counted)."""
+    from tests.dist_worker import fixed_groups
+    dev = torch.device("cuda")
+    model = Transformer.from_pretrained(folder, dtype=torch.float32, device=dev)
+    cfg = TrainConfig(prompts_per_step=4, group_size=4, max_completion_len=6, mu=2, mini_batch_size=8,
+                      micro_batch_size=2, loss_type="dapo", lr=1e-3)
+    run = make_run(cfg, rows(4), d=Dist(device=dev))
+    run.prec = choose(dev, "auto")  # bf16 autocast, the GPU recipe
+    batch, _ = rl.score(run, fixed_groups(), model, None)
+    learners = [rl.PolicyLearner(model, torch.optim.AdamW(model.parameters(), lr=cfg.lr), run)]
+    rl.update(run, batch, learners, 0, lambda s: cfg.lr, rl.Sums())  # warm-up: Triton compiles, AdamW state
+    torch.cuda.synchronize()
+    sums = rl.Sums()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            rl.update(run, batch, learners, 0, lambda s: cfg.lr, sums)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    # A warning names the innermost Python frame: a sync in our code names our line; one in a backward kernel
+    # names torch's autograd entry (the engine replays its warnings there once backward() ends).
+    syncs = [(w.filename, w.lineno) for w in caught if "synchroniz" in str(w.message)]
+    backward = [s for s in syncs if "/torch/autograd/" in s[0] or s[0].endswith("torch/_tensor.py")]
+    ours = [(f"{f.split('/')[-1]}:{n}", linecache.getline(f, n).strip()) for f, n in syncs if (f, n) not in backward]
+    steps = int(sums.sums["opt_steps"])
+    print(f"host syncs in update(): {len(ours)} outside backward() for {steps} optimiser steps, {len(backward)} "
+          f"inside backward()")
+    assert steps == 4 and len(ours) == steps, (ours, backward)

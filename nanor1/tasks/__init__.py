@@ -29,13 +29,17 @@ that failure out. A trainer that wants TinyZero's exact dynamics passes no stop 
 |                     |                               | after the first "Assistant:" (else     | 0.1 malformed  |
 |                     |                               | "<|im_start|>assistant"), on the LAST  | or wrong,      |
 |                     |                               | LINE only, the last <answer> block     | 0 no answer    |
-| gsm8k, base         | the number after the last     | the last <answer> block, then its last | 1 numerically  |
-|                     | "####", commas removed        | number ($ and commas dropped)          | equal, else 0  |
-| gsm8k, instruct     | same                          | the last \boxed{}, then its last       | same           |
-|                     |                               | number                                 |                |
-| math (and math500,  | the "answer" string (AMC's    | base: the last <answer> block, or the  | 1 if verify.   |
-| aime24, amc23),     | float 27.0 becomes "27.0")    | last \boxed{} inside it if it has one; | math_equal,    |
-| both                |                               | instruct: the last \boxed{}            | else 0         |
+| gsm8k, base         | the number after the last     | the last <answer> block, then its      | 1 numerically  |
+|                     | "####", commas removed        | final numeric expression (verify.      | equal, else 0  |
+|                     |                               | last_number: "56/2", "−20", "60 ft^2") |                |
+| gsm8k, instruct     | same                          | the last \boxed{}, then the same       | same           |
+| math (and math500,  | the "answer" string (AMC's    | base: the last <answer> block, then    | 1 if verify.   |
+| aime24, amc23),     | float 27.0 becomes "27.0")    | verify.answer_span (its \boxed{}, its  | math_equal,    |
+| both                |                               | last $...$, or the sentence's answer); | else 0         |
+|                     |                               | instruct: the last \boxed{}            |                |
+
+Graders (`--grader`, gsm8k, math and jsonl): "builtin" is the table above; "math_verify" gives the <answer> block
+or the \boxed{} content to the optional math-verify package instead (verify.answers_match).
 
 Splits (fixed; `eval_rows(split)`):
 - countdown: train = rows 0..9001 of the shipped 10,002; eval "test" = rows 9002..10001 (1000 rows).

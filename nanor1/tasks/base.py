@@ -2,7 +2,7 @@
 import json
 import os
 
-from nanor1.verify import answers_match
+from nanor1.verify import answers_match, check_grader
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
 
@@ -12,10 +12,12 @@ def read_jsonl(path, required=()):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} not found (see data/*/SOURCE.md)")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
             try:
-                obj = json.loads(line)
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{n}: not UTF-8 text") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
@@ -24,6 +26,8 @@ def read_jsonl(path, required=()):
             if missing:
                 raise ValueError(f"{path}:{n}: missing key(s) {missing}")
             out.append(obj)
+    if not out:  # caught here, not as a ZeroDivisionError when the trainer draws its first prompt
+        raise ValueError(f"data file {path} is empty: no rows")
     return out
 
 
@@ -35,11 +39,15 @@ class Task:
     templates = ("base", "instruct")  # the first is the default
     eval_splits = ("test",)  # the first is the default
     completion_len = 1024  # sample.py's default generation budget on this task
+    graders = ("builtin",)  # answer comparisons the reward can use (verify.answers_match); the first is the default
 
     def __init__(self, template=None, data_dir=None, grader="builtin"):
         template = template or self.templates[0]
         if template not in self.templates:
             raise ValueError(f"task {self.name!r} has no template {template!r}; choose from {self.templates}")
+        if grader not in self.graders:
+            raise ValueError(f"task {self.name!r} has no grader {grader!r}; choose from {self.graders}")
+        check_grader(grader)  # math_verify: fail here, with the pip command, not as reward errors in the worker
         self.template = template
         self.data_dir = data_dir or DATA_DIR
         self.grader = grader  # how answers_match compares: builtin (nanor1/verify.py) or math_verify
@@ -64,7 +72,10 @@ class Task:
 
     def _cached(self, split):
         if split not in self._rows:
-            self._rows[split] = self.load(split)
+            rows = self.load(split)
+            if not rows:  # a file too short for the split's rows: training or scoring nothing is no result
+                raise ValueError(f"task {self.name!r}: split {split!r} has no rows (data under {self.data_dir})")
+            self._rows[split] = rows
         return self._rows[split]
 
     def load(self, split):

@@ -34,6 +34,7 @@ EVAL_SEED, EVAL_SHARE, EVAL_MAX = 1234, 0.05, 500  # held out of --data when no 
 
 class JsonlTask(Task):
     name = "jsonl"
+    graders = ("builtin", "math_verify")
     templates = ("base",)  # the rows carry their prompt (text or messages): no template of ours
 
     def __init__(self, template=None, data_dir=None, data="", eval_data="", answer_key="answer", reward="math",
@@ -50,8 +51,8 @@ class JsonlTask(Task):
 
     def load(self, split):
         if split == "test" and self.eval_data:
-            return self._rows(self.eval_data)
-        rows = self._rows(self.data)
+            return self._read(self.eval_data)
+        rows = self._read(self.data)
         n_held = min(EVAL_MAX, max(1, int(len(rows) * EVAL_SHARE))) if len(rows) > 1 else 0
         held = set(random.Random(EVAL_SEED).sample(range(len(rows)), n_held))
         if self.eval_data or not held:
@@ -61,7 +62,7 @@ class JsonlTask(Task):
                   f"(give --eval_data to choose them)")
         return [r for i, r in enumerate(rows) if (i in held) == (split == "test")]
 
-    def _rows(self, path):
+    def _read(self, path):
         rows = []
         for i, obj in enumerate(read_jsonl(path, required=(self.answer_key,)), 1):
             if not isinstance(obj.get("prompt"), str) and not isinstance(obj.get("messages"), list):
@@ -126,7 +127,7 @@ def _countdown(task, completion, row):
 REWARDS = {"math": _math, "number": _number, "exact": _exact, "countdown": _countdown}
 
 
-class RewardFn(Task):
+class RewardFn:
     """Any task with its reward replaced by a user's function `file.py:function(completion, row) -> float`. The
     function is loaded by path in whichever process scores (the verifier worker), so it needs no package."""
 

@@ -3,7 +3,7 @@ import os
 import re
 
 from nanor1.tasks.base import Task, read_jsonl
-from nanor1.verify import last_boxed, last_number, last_tag_block
+from nanor1.verify import answer_span, last_boxed, last_number, last_tag_block
 
 
 # The R1-Zero template (DeepSeek-R1 paper, Table 1), with the question in place of "prompt".
@@ -18,6 +18,8 @@ BOXED_SYSTEM = "Please reason step by step, and put your final answer within \\b
 
 class _QATask(Task):
     """A question with one gold answer string: the R1-Zero or the boxed-instruct template."""
+
+    graders = ("builtin", "math_verify")
 
     def prompt(self, row, tokenizer):
         if self.template == "base":
@@ -41,7 +43,13 @@ class GSM8K(_QATask):
         path = os.path.join(self.data_dir, "gsm8k", f"{split}.jsonl")
         rows = []
         for i, obj in enumerate(read_jsonl(path, required=("question", "answer"))):
-            gold = obj["answer"].rsplit("####", 1)[-1].strip().replace(",", "") if "####" in obj["answer"] else ""
+            answer = obj["answer"]
+            if type(answer) in (int, float):  # a bare JSON number is the gold answer itself
+                answer = f"#### {answer}"
+            if not isinstance(answer, str) or not isinstance(obj["question"], str):
+                raise ValueError(f"{path}:{i + 1}: 'question' must be a string and 'answer' a string ending in "
+                                 f"'#### <number>' (or a number), got {obj['answer']!r}"[:300])
+            gold = answer.rsplit("####", 1)[-1].strip().replace(",", "") if "####" in answer else ""
             if not re.fullmatch(r"-?\d+(\.\d+)?", gold):
                 raise ValueError(f"{path}:{i + 1}: answer has no number after '####'")
             rows.append({"id": f"gsm8k/{split}/{i}", "index": i, "question": obj["question"], "gold": gold})
@@ -49,11 +57,12 @@ class GSM8K(_QATask):
 
     def extract(self, completion, row):
         block = self._block(completion)
-        return None if block is None else last_number(block)
+        if block is None or self.grader == "math_verify":  # math-verify finds the number in the block itself
+            return block
+        return last_number(block)
 
     def reward(self, completion, row):
-        pred = self.extract(completion, row)
-        return 1.0 if pred is not None and self.answers_match(pred, row["gold"]) else 0.0
+        return 1.0 if self.answers_match(self.extract(completion, row), row["gold"]) else 0.0
 
 
 # split -> (file under data/, key of the problem text)
@@ -77,14 +86,15 @@ class MATH(_QATask):
                 gold = str(gold)  # AMC23 stores answers as JSON floats, 27.0
             if not isinstance(gold, str) or not gold.strip():
                 raise ValueError(f"{path}:{i + 1}: empty or non-string answer {obj['answer']!r}")
+            if not isinstance(obj[key], str):
+                raise ValueError(f"{path}:{i + 1}: {key!r} must be a string, got {obj[key]!r}"[:300])
             rows.append({"id": f"{split}/{i}", "index": i, "question": obj[key], "gold": gold})
         return rows
 
     def extract(self, completion, row):
         block = self._block(completion)
-        if block is not None and self.template == "base":
-            inner = last_boxed(block)  # a base model may box its answer inside the tags
-            block = inner if inner is not None else block.strip()
+        if block is not None and self.template == "base" and self.grader == "builtin":
+            block = answer_span(block)  # a \boxed{}, a $...$ or a sentence inside the tags
         return block
 
     def reward(self, completion, row):
