@@ -41,7 +41,8 @@ def default_model():
     ckpts = [c for run in Path("out").glob("*") if run.is_dir() for c in list_checkpoints(run)]
     for ck in sorted(ckpts, key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            verify_checkpoint(ck, ["config.json", "model.safetensors"])
+            verify_checkpoint(ck, ["config.json", "model.safetensors", "adapter_config.json",
+                                   "adapter_model.safetensors"])  # those of the four it holds
             return str(ck)
         except (ValueError, FileNotFoundError) as e:
             print(f"warning: skipping {ck}: {e}", file=sys.stderr)
@@ -60,7 +61,7 @@ def main(argv=None):
     path = cfg.model or default_model()
     # Inference needs no fp32 master weights: load them in the compute dtype.
     model, tok = load_model_and_tokenizer(path, prec.compute, device)
-    task = get_task(cfg.task, cfg.template or None)
+    task = get_task(cfg.task, cfg.template or None, grader=cfg.grader)
     budget = cfg.max_new_tokens or task.completion_len
     if cfg.eval:
         return run_eval(cfg, path, model, tok, task, prec, budget)
@@ -107,6 +108,8 @@ def run_eval(cfg, path, model, tok, task, prec, budget):
     out = Path(cfg.out or time.strftime(f"out/eval-{task.name}-%Y%m%d-%H%M%S.jsonl"))
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder: --eval writes one JSON-lines file there")
+    if out.exists():  # checked before the evaluation, not after: nothing already written is lost
+        raise ValueError(f"--out {out} exists: give a new file name (or delete it)")
     t0 = time.time()
     with Verifier(task) as verifier:
         summary, records = evaluate(model, tok, task, rows, verifier, prec, budget, num_samples=cfg.num_samples,
@@ -132,6 +135,8 @@ def save_traces(cfg, path, model, tok, task, prec, budget):
     out = Path(cfg.save)
     if out.is_dir():
         raise ValueError(f"--save {out} is a folder: --save writes one JSON-lines file")
+    if out.exists():
+        raise ValueError(f"--save {out} exists: give a new file name (or delete it)")
     t0 = time.time()
     with Verifier(task) as verifier:
         summary, records = evaluate(model, tok, task, rows, verifier, prec, budget, num_samples=cfg.num_samples,

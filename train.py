@@ -75,12 +75,7 @@ def main(argv=None):
         row = step_metrics(run, sums, groups, generated, seen, step)
         row.update(lr=lr(max(opt_step - 1, 0)), max_completion_len=budget, rollout_s=t1 - t0, train_s=t2 - t1)
         log.step(row, generated, cfg, tokens_per_s=row["response_length"] * row["completions"] / max(t2 - t0, 1e-9))
-        # A step whose every optimiser step had a non-finite gradient changed nothing; three in a row is a run
-        # that cannot train (an lr of inf, NaN weights): stop rather than save garbage.
-        failed = failed + 1 if row.get("skipped_steps", 0) and row["skipped_steps"] == row["opt_steps"] else 0
-        if failed == 3:
-            raise ValueError(f"step {step}: the gradient norm was not finite in the last 3 steps (check --lr, the "
-                             "model's weights, --grad_clip): stopping without saving")
+        failed = count_failed(failed, row.get("skipped_steps", 0), row.get("opt_steps", 0), step)
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             log.eval(step, run_eval(run, policy))
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
@@ -93,6 +88,16 @@ def main(argv=None):
     run.verifier.close()
     distributed.teardown(d)
     return out
+
+
+def count_failed(failed, skipped, opt_steps, step):
+    """Steps in a row whose every optimiser step was skipped (a non-finite gradient norm): such a step changed
+    nothing, and three in a row is a run that cannot train (an lr of inf, NaN weights): stop rather than save."""
+    failed = failed + 1 if skipped and skipped == opt_steps else 0
+    if failed == 3:
+        raise ValueError(f"step {step}: the gradient norm was not finite in the last 3 steps (check --lr, the "
+                         "model's weights, --grad_clip): stopping without saving")
+    return failed
 
 
 def train_sft(cfg):
@@ -110,7 +115,7 @@ def train_sft(cfg):
     out = run_folder(cfg, d, task)
     learner = sft.Learner(distributed.shard(policy, d, prec), adamw(policy, cfg, cfg.lr), run)
     state = resume_run(cfg, out, policy, learner.opt, d) if cfg.resume else dict(step=0, cursor=0, opt_step=0)
-    step, cursor, opt_step = state["step"], state["cursor"], state["opt_step"]
+    step, cursor, opt_step, failed = state["step"], state["cursor"], state["opt_step"], 0
     log, lr = Log(out, d), schedule_of(cfg, d)
     log.say(sft.describe(examples, held_out, cfg))
     if step == 0:
@@ -129,6 +134,7 @@ def train_sft(cfg):
         if t["skipped_steps"]:
             row["skipped_steps"] = int(t["skipped_steps"] / d.world_size)
         log.sft_step(row)
+        failed = count_failed(failed, row.get("skipped_steps", 0), t["opt_steps"] / d.world_size, step)
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             log.eval(step, sft_eval(run, policy, held_out))
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
@@ -208,7 +214,8 @@ def dry_run(cfg):
             missing.append(f"{flag}: model folder {folder} not found: download {hub} into it "
                            f"(huggingface-cli download {hub} --local-dir {folder})")
         elif folder:
-            load_config(folder)  # a broken config.json is an error, not a missing input
+            context = load_config(folder).max_position_embeddings  # a broken config.json is an error, not missing
+            prompt_budget([], cfg.max_prompt_len, context, *completion_budget(cfg))  # the schedule fits the context
     for flag, file in (("--data", cfg.data), ("--eval_data", cfg.eval_data)):
         if file and not Path(file).is_file():
             missing.append(f"{flag}: data file {file} not found")
@@ -246,25 +253,33 @@ def prepare(cfg, d, prec, policy, tok) -> Run:
     skips a prompt. The held-out rows likewise fit the context."""
     task = make_task(cfg)
     schedule = parse_length_schedule(cfg.max_completion_len_schedule)
-    longest = max([cfg.max_completion_len] + [n for _, n in schedule])  # the budget of the schedule's last stage
+    longest, what = completion_budget(cfg)
     context = policy.config.max_position_embeddings
     rows = task.train_rows()
     prompts = encode_prompts(task, tok, rows)
-    budget = prompt_budget(prompts, cfg.max_prompt_len, context, longest)
-    rows, prompts = fit_prompts(rows, prompts, budget, cfg.drop_long)
+    budget = prompt_budget(prompts, cfg.max_prompt_len, context, longest, what)
+    say = print if d.is_main else lambda *_: None
+    rows, prompts = fit_prompts(rows, prompts, budget, cfg.drop_long, say=say)
     cfg.max_prompt_len = budget  # config.json records the budget used
     check_memory(policy.config, cfg.prompts_per_step // d.world_size * cfg.group_size, budget + longest, prec.compute,
                  d.device, "a step's rollout")
     return Run(cfg=cfg, d=d, prec=prec, tok=tok, task=task, rows=rows, prompts=prompts,
                stream=PromptStream(len(rows), cfg.seed), verifier=Verifier(task),
                stop=Stop(eos=tok.eos_token_ids, strings=task.stop, decode=tok.decode),
-               eval_rows=held_out_rows(cfg, task, tok, context - longest), length_schedule=schedule)
+               eval_rows=held_out_rows(cfg, task, tok, context - longest, say), length_schedule=schedule)
 
 
-def held_out_rows(cfg, task, tok, budget):
+def completion_budget(cfg):
+    """The longest completion budget of the run (the schedule's last stage, DeepScaleR's 24k) and its option."""
+    longest = max([cfg.max_completion_len] + [n for _, n in parse_length_schedule(cfg.max_completion_len_schedule)])
+    what = "--max_completion_len" if longest == cfg.max_completion_len else "--max_completion_len_schedule's last stage"
+    return longest, what
+
+
+def held_out_rows(cfg, task, tok, budget, say=print):
     """The first --eval_size rows of the task's eval split whose prompts fit `budget` tokens (or one error)."""
     rows = task.eval_rows()[:cfg.eval_size]
-    return fit_prompts(rows, encode_prompts(task, tok, rows), budget, cfg.drop_long, "held-out")[0]
+    return fit_prompts(rows, encode_prompts(task, tok, rows), budget, cfg.drop_long, "held-out", say)[0]
 
 
 def run_folder(cfg, d, task) -> Path:
@@ -394,6 +409,8 @@ class Log:
                      "skipped: the gradient norm was not finite")
         fields = [f"step {row['step']:4d}", f"reward {row['reward']:.3f}", f"acc {row['accuracy']:.3f}",
                   f"len {row['response_length']:5.1f}"]
+        if cfg.max_completion_len_schedule:  # DeepScaleR's stages: the budget this step sampled with
+            fields.append(f"budget {row['max_completion_len']}")
         if "kl" in row:
             fields.append(f"kl {row['kl']:.4f}")
         if "entropy" in row:

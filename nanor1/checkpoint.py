@@ -353,10 +353,14 @@ def make_run_folder(out):
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
-    for name in ("model.safetensors", "model.safetensors.index.json", "trainer.json", MANIFEST):
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_config.json",
+                 "trainer.json", MANIFEST):
         if (out / name).exists():
             raise ValueError(f"--out {out} holds a model or a checkpoint ({name}): a run written there would "
                              "overwrite its config.json; choose another folder")
+    if _holds_model_config(out / "config.json"):
+        raise ValueError(f"--out {out} holds a model's config.json (it names a model_type): a run written there "
+                         "would overwrite it; choose another folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -365,6 +369,14 @@ def make_run_folder(out):
     except OSError as e:
         raise ValueError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     return out
+
+
+def _holds_model_config(file):
+    """Whether `file` is a model's config.json (a run's config.json has no model_type)."""
+    try:
+        return "model_type" in json.loads(file.read_text())
+    except (OSError, ValueError, TypeError):  # absent, unreadable, not JSON, not an object
+        return False
 
 
 def start_over(out, say=print):
@@ -435,8 +447,9 @@ def load_module(folder, model, optimizer, d: Dist):
 # ---------------------------------------------------------------------------------------------------- a run's folder
 
 # Settings a resume may change without changing what the run computes.
-RESUME_FREE = {"out", "resume", "steps", "threads", "eval_every", "eval_size", "log_samples_every", "save_every",
-               "keep_last", "micro_batch_size", "micro_batch_tokens", "config", "dry_run"}
+RESUME_FREE = {"out", "resume", "steps", "threads", "eval_every", "eval_size", "eval_samples", "eval_temperature",
+               "log_samples_every", "save_every", "keep_last", "micro_batch_size", "micro_batch_tokens", "config",
+               "dry_run"}
 
 
 def resume_run(cfg, out: Path, model, optimizer, d: Dist, critic=None, critic_optimizer=None) -> dict:

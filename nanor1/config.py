@@ -200,6 +200,7 @@ class SampleConfig:
     task: str = "arithmetic"  # task for --eval and for the default prompt
     template: str = ""  # the task's prompt template ("" = its default: base or instruct)
     split: str = ""  # split of --task: --eval's ("" = its first eval split), --save's ("" = train)
+    grader: str = "builtin"  # answer checking for gsm8k and math: builtin, or math_verify (as train.py's --grader)
     eval: bool = False  # evaluate on --task instead of sampling one prompt
     save: str = ""  # write --num_samples completions per problem of --split to this JSONL as SFT rows
     only_correct: bool = False  # --save: keep only the completions the task's reward calls correct (rejection sampling)
@@ -219,7 +220,7 @@ class SampleConfig:
         _finite(self)
         _at_least(self, 1, "num_samples", "batch_size")
         _at_least(self, 0, "limit", "max_new_tokens", "top_k")
-        _one_of(self, precision=PRECISIONS)
+        _one_of(self, precision=PRECISIONS, grader=GRADERS)
         if not 0 < self.top_p <= 1:
             raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}")
         if self.temperature < 0 and self.temperature != -1.0:

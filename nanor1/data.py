@@ -43,22 +43,23 @@ def encode_prompts(task, tokenizer, rows):
     return tokenizer.encode_batch([task.prompt(row, tokenizer) for row in rows])
 
 
-def prompt_budget(prompts, max_prompt_len: int, context: int, completion_len: int) -> int:
+def prompt_budget(prompts, max_prompt_len: int, context: int, completion_len: int,
+                  what: str = "--max_completion_len") -> int:
     """The prompt budget in tokens: --max_prompt_len when given, else the longest prompt; never more than
-    the context left after the completion budget."""
+    the context left after the completion budget (`what` names the option that set it in an error)."""
     room = context - completion_len
     if room < 1:
-        raise ValueError(f"--max_completion_len {completion_len} leaves no room for a prompt in the model's "
+        raise ValueError(f"{what} {completion_len} leaves no room for a prompt in the model's "
                          f"context of {context} tokens")
     if max_prompt_len > room:
-        raise ValueError(f"--max_prompt_len {max_prompt_len} + --max_completion_len {completion_len} exceeds "
+        raise ValueError(f"--max_prompt_len {max_prompt_len} + {what} {completion_len} exceeds "
                          f"the model's context of {context} tokens")
     return max_prompt_len or min(max(map(len, prompts), default=1), room)
 
 
-def fit_prompts(rows, prompts, budget: int, drop: bool, what: str = "train"):
+def fit_prompts(rows, prompts, budget: int, drop: bool, what: str = "train", say=print):
     """Keep the rows whose prompt fits `budget`. A prompt that does not fit is an error naming the count and
-    the longest length, unless `drop`, which removes those rows from the split (said on the console)."""
+    the longest length, unless `drop`, which removes those rows from the split (said with `say`: rank 0's)."""
     fits = [len(p) <= budget for p in prompts]
     n_long = fits.count(False)
     if not n_long:
@@ -72,8 +73,7 @@ def fit_prompts(rows, prompts, budget: int, drop: bool, what: str = "train"):
     if not kept:
         raise ValueError(f"every one of the {len(prompts)} {what} prompts is longer than the prompt budget of "
                          f"{budget} tokens: nothing left to train on")
-    print(f"dropped {n_long} of {len(prompts)} {what} prompts longer than {budget} tokens (the longest: "
-          f"{longest})")
+    say(f"dropped {n_long} of {len(prompts)} {what} prompts longer than {budget} tokens (the longest: {longest})")
     return [r for r, _ in kept], [p for _, p in kept]
 
 

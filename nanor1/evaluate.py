@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from nanor1 import distributed
-from nanor1.data import encode_prompts
+from nanor1.data import encode_prompts, mix_seed
 from nanor1.rollout import Stop, generate
 
 
@@ -39,7 +39,7 @@ def evaluate(model, tok, task, rows, verifier, prec, max_new_tokens, num_samples
             idx = mine[start:start + batch_size]
             batch = [rows[i] for i in idx]
             out = generate(model, encode_prompts(task, tok, batch), max_new_tokens, temperature, top_k, top_p, n=n,
-                           seed=seed + start, stop=stop)
+                           seed=mix_seed(seed, idx[0]), stop=stop)  # idx[0]: the batch's first problem, unique over ranks
             texts = tok.decode_batch(out.tokens)  # special tokens kept, as the rewards expect
             rewards = verifier.score(texts, [r for r in batch for _ in range(n)])
             for j, i in enumerate(idx):

@@ -49,6 +49,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
+
+from nanor1.tokenizer import read_json
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PEFT_PREFIX = "base_model.model."  # PeftModel(LoraModel(Qwen2ForCausalLM)): two wrappers in front of HF's names
@@ -250,7 +253,9 @@ def read_adapter_config(path) -> AdapterConfig:
     """Parse adapter_config.json; a setting nanoR1 does not implement (DoRA, rsLoRA, per-layer ranks, ...) is
     an error, not a silently different model."""
     file = Path(path) / "adapter_config.json"
-    raw = json.loads(file.read_text())
+    raw = read_json(file)
+    if raw is None:
+        raise FileNotFoundError(f"no adapter_config.json in adapter folder {path}")
     if raw.get("peft_type") != "LORA":
         raise ValueError(f"{file}: peft_type {raw.get('peft_type')!r} is not implemented (only LORA)")
     for key, ours in UNSUPPORTED:
@@ -260,8 +265,18 @@ def read_adapter_config(path) -> AdapterConfig:
     if not isinstance(targets, list) or not targets:
         raise ValueError(f"{file}: target_modules must be a list of module names, got {targets!r} "
                          "(a regex or 'all-linear' is not supported)")
-    return AdapterConfig(int(raw["r"]), float(raw["lora_alpha"]), float(raw.get("lora_dropout", 0.0)),
-                         tuple(targets), raw.get("base_model_name_or_path"))
+    rank, alpha, dropout = raw.get("r"), raw.get("lora_alpha"), raw.get("lora_dropout", 0.0)
+    if type(rank) is not int or rank < 1:
+        raise ValueError(f"{file}: r (the adapters' rank) must be a positive integer, got {rank!r}")
+    for key, v in (("lora_alpha", alpha), ("lora_dropout", dropout)):
+        if type(v) not in (int, float) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{file}: {key} must be a finite number >= 0, got {v!r}")
+    base = raw.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"{file}: base_model_name_or_path must be a folder name, got {base!r}")
+    if not all(isinstance(t, str) for t in targets):
+        raise ValueError(f"{file}: target_modules must hold module names (strings), got {targets!r}")
+    return AdapterConfig(rank, float(alpha), float(dropout), tuple(targets), base)
 
 
 def read_adapter(model, path):
@@ -271,7 +286,11 @@ def read_adapter(model, path):
     file = Path(path) / "adapter_model.safetensors"
     if not file.is_file():
         raise FileNotFoundError(f"no adapter_model.safetensors in adapter folder {path}")
-    found = {k[len(PEFT_PREFIX):] if k.startswith(PEFT_PREFIX) else k: v for k, v in load_file(file).items()}
+    try:
+        raw = load_file(file)
+    except SafetensorError as e:
+        raise ValueError(f"{file}: not a readable safetensors file, damaged or truncated ({e})") from None
+    found = {k[len(PEFT_PREFIX):] if k.startswith(PEFT_PREFIX) else k: v for k, v in raw.items()}
     expected = dict(model.named_parameters())
     keys = adapter_keys(model)
     missing, unexpected = sorted(set(keys) - set(found)), sorted(set(found) - set(keys))
@@ -283,26 +302,9 @@ def read_adapter(model, path):
         if found[k].shape != expected[k].shape:
             raise ValueError(f"{file}: {PEFT_PREFIX + k!r} has shape {tuple(found[k].shape)}, expected "
                              f"{tuple(expected[k].shape)}")
+        if not found[k].is_floating_point() or not torch.isfinite(found[k]).all():
+            raise ValueError(f"{file}: {PEFT_PREFIX + k!r} is not a finite floating-point tensor")
     return {k: found[k].float() for k in keys}
-
-
-def load_adapter_model(cls, path, dtype=torch.bfloat16, device="cpu"):
-    """Transformer.from_pretrained on an adapter folder: the base named by base_model_name_or_path (in `dtype`),
-    LoRA applied as the folder's config says, then its adapters (fp32)."""
-    from nanor1.weights import load_pretrained
-    cfg = read_adapter_config(path)
-    if not cfg.base or not (Path(cfg.base) / "config.json").is_file():
-        raise FileNotFoundError(f"{Path(path) / 'adapter_config.json'}: base model {cfg.base!r} "
-                                "(base_model_name_or_path) not found: the adapters need the model they were "
-                                "trained on; edit that field to where it lives")
-    model = load_pretrained(cls, cfg.base, dtype=dtype, device=device)
-    apply_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, base=cfg.base)
-    state = read_adapter(model, path)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in state:
-                p.copy_(state[name])
-    return model
 
 
 def merged_state_dict(model, dtype=None):

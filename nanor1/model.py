@@ -42,7 +42,7 @@ import torch.utils.checkpoint
 
 from kernels.decode_attention import decode_attention
 from kernels.logprob import linear_logprob
-from nanor1 import weights
+from nanor1 import lora, weights
 from nanor1.config import ModelConfig
 from nanor1.tokenizer import Tokenizer
 
@@ -333,8 +333,7 @@ class Transformer(nn.Module):
         """Load a HF-layout folder (config.json + model.safetensors or a sharded index), or a LoRA adapter
         folder in PEFT's layout (adapter_config.json: its base model, then the adapters; nanor1/lora.py)."""
         if os.path.isfile(os.path.join(path, "adapter_config.json")):
-            from nanor1.lora import load_adapter_model  # (lora.py builds on this module)
-            return load_adapter_model(cls, path, dtype=dtype, device=device)
+            return weights.load_adapter_model(cls, path, dtype=dtype, device=device)
         return weights.load_pretrained(cls, path, dtype=dtype, device=device)
 
     def save_pretrained(self, path, state_dict=None):
@@ -342,8 +341,7 @@ class Transformer(nn.Module):
         PEFT's layout (from_pretrained reads either). Pass a gathered `state_dict` when the parameters are
         sharded (FSDP)."""
         if self.lora is not None:
-            from nanor1.lora import save_adapter
-            return save_adapter(self, path, state_dict=state_dict)
+            return lora.save_adapter(self, path, state_dict=state_dict)
         weights.save_pretrained(self, path, state_dict=state_dict)
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, kv_cache: Optional[KVCache] = None,

@@ -34,6 +34,12 @@ Steps and epochs: a step is one optimiser step on --prompts_per_step examples (o
 because each example is one prompt and its reply), read in a fresh shuffle of the file each epoch
 (data.PromptStream, a function of the seed and the position, so a resume needs only the cursor). An epoch
 of N examples is N / prompts_per_step steps; a step may straddle two epochs.
+
+Why data/build_tiny.py's pretraining does not call this: it trains on every token, the prompt's included
+(pretraining, not instruction tuning), with weight decay on the matrices only and full logits over its
+320-token vocabulary, in one process. Routing it through this learner would change its loss, its optimiser
+groups and its random draws, so data/tiny would no longer rebuild bit for bit from its recorded seed and the
+figures in its README (tests/test_tiny.py checks the build); the two loops share only the idea.
 """
 import os
 from dataclasses import dataclass

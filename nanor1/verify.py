@@ -11,7 +11,7 @@ doubt: an answer that cannot be read unambiguously scores 0. Two defences agains
    takes longer than its timeout: that answer gets reward 0 and scoring goes on in a fresh worker. The bound
    holds even for a bug in a reward function written later, and for the optional math-verify grader (sympy).
 
-Extraction (the task table in tasks.py says which task uses which):
+Extraction (each task in nanor1/tasks/ says which it uses):
     last_tag_block(text, "answer")  the content of the last <answer>...</answer>, as re.finditer(r"<answer>(.*?)
                                     </answer>", re.S) would find it, in linear time
     last_boxed(text)                the content of the last \boxed{...} / \boxed {...} (nested braces), `\boxed 5`

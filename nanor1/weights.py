@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from nanor1 import lora
 from nanor1.checkpoint import MANIFEST, verify_checkpoint
 from nanor1.config import ModelConfig
 from nanor1.tokenizer import read_json
@@ -244,3 +245,23 @@ def config_dict(cfg: ModelConfig) -> dict:
     if cfg.model_type == "qwen3":
         d["attention_bias"] = cfg.attention_bias
     return d
+
+
+def load_adapter_model(cls, path, dtype=torch.bfloat16, device="cpu"):
+    """Transformer.from_pretrained on an adapter folder: the base named by base_model_name_or_path (in `dtype`),
+    LoRA applied as the folder's config says, then its adapters (fp32)."""
+    if (Path(path) / MANIFEST).is_file():  # a nanoR1 checkpoint: its files must match the checksums of the save
+        verify_checkpoint(path, ["adapter_config.json", "adapter_model.safetensors"])
+    cfg = lora.read_adapter_config(path)
+    if not cfg.base or not (Path(cfg.base) / "config.json").is_file():
+        raise FileNotFoundError(f"{Path(path) / 'adapter_config.json'}: base model {cfg.base!r} "
+                                "(base_model_name_or_path) not found: the adapters need the model they were "
+                                "trained on; edit that field to where it lives")
+    model = load_pretrained(cls, cfg.base, dtype=dtype, device=device)
+    lora.apply_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets, base=cfg.base)
+    state = lora.read_adapter(model, path)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in state:
+                p.copy_(state[name])
+    return model

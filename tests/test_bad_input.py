@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(not (ROOT / "data/tiny/model.safetensors").is_fi
     (["--algo", "ppo", "--value_clip", "0"], "--value_clip"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--max_completion_len_schedule", "10:5,3:9"], "steps must increase"),
+    (["--max_completion_len_schedule", "2:100000"], "--max_completion_len_schedule's last stage 100000 leaves no room"),
 ])
 def test_bad_train_options(tmp_path, monkeypatch, capsys, argv, message):
     out = tmp_path / "run"
@@ -54,6 +55,7 @@ def test_out_that_cannot_be_a_run_folder(tmp_path, monkeypatch, capsys):
     (["--eval", "--limit", "-1"], "--limit must be >= 0"),
     (["--temperature", "-3"], "--temperature must be >= 0"),
     (["--top_p", "nan"], "--top_p must be a finite number"),
+    (["--eval", "--grader", "sympy"], "--grader"),
 ])
 def test_bad_sample_options(monkeypatch, capsys, argv, message):
     code, err = entry_point("sample.py", ["--model", ROOT / "data" / "tiny", *argv], monkeypatch, capsys)
@@ -65,3 +67,29 @@ def test_sample_eval_out_that_is_a_folder(tmp_path, monkeypatch, capsys):
     code, err = entry_point("sample.py", ["--model", ROOT / "data" / "tiny", "--eval", "--limit", "2", "--out",
                                           tmp_path], monkeypatch, capsys)
     assert code == 2 and "is a folder" in err
+
+
+def test_sample_eval_takes_the_grader(monkeypatch):
+    """sample.py --eval --grader math_verify builds its task with that grader, as train.py's --grader does (to
+    compare with numbers published with it)."""
+    import sample
+
+    class Seen(Exception):
+        pass
+
+    def get_task(*args, **kw):
+        raise Seen(kw.get("grader"))
+
+    monkeypatch.setattr(sample, "get_task", get_task)
+    with pytest.raises(Seen, match="math_verify"):
+        sample.main(["--model", str(ROOT / "data" / "tiny"), "--task", "gsm8k", "--eval", "--grader", "math_verify"])
+
+
+@pytest.mark.parametrize("flag", ["--out", "--save"])
+def test_sample_never_overwrites_a_file(tmp_path, monkeypatch, capsys, flag):
+    old = tmp_path / "old.jsonl"
+    old.write_text('{"kept": true}\n')
+    argv = ["--model", ROOT / "data" / "tiny", "--limit", "1", flag, old] + (["--eval"] if flag == "--out" else [])
+    code, err = entry_point("sample.py", argv, monkeypatch, capsys)
+    assert code == 2 and err.count("error:") == 1 and "exists" in err, err
+    assert old.read_text() == '{"kept": true}\n'

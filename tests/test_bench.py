@@ -26,3 +26,12 @@ def test_profile_step_prints_its_phase_table():
             if r.startswith("| ") and r.split("|")[2].strip()[:1].isdigit()}
     top = [rows[k] for k in ("**collect**", "**score**", "**update**")]
     assert rows["**step**"][1] > 0 and abs(sum(c for _, c in top) - rows["**step**"][1]) < 2e-3, p.stdout
+
+
+def test_gpu_script_plan_checks_out():
+    """bench/gpu.sh --dry: every test id it runs on the GPU still collects, every flag is one its script takes,
+    and the time limits fit the GPU session, so a rename here cannot silently drop a step from the GPU run."""
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run(["bash", "bench/gpu.sh", "--dry"], cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert p.returncode == 0 and "plan OK" in p.stdout, p.stdout + p.stderr

@@ -141,3 +141,18 @@ def test_pass_at_k_hand_values():
     assert pass_at_k(4, 2, 3) == 1.0  # n - c < k: every draw of 3 includes a correct one
     with pytest.raises(ValueError):
         pass_at_k(4, 5, 1)
+
+
+@needs_tiny
+def test_lora_rl_with_a_kl_reference_resumes_exactly(tmp_path):
+    """RL through train.py with LoRA and --beta > 0: the KL reference is the policy with its adapters off (no
+    second model); step 1's policy is the base (B = 0), so its KL is 0, and later steps' is not. A resume from
+    the adapter checkpoint gives the same metrics as the run without a stop."""
+    lora = ["--lora_rank", "4", "--beta", "0.1", "--eval_every", "0"]
+    run(tmp_path / "full", "--steps", "3", *lora)
+    run(tmp_path / "split", "--steps", "2", "--save_every", "1", *lora)
+    run(tmp_path / "split", "--steps", "3", "--resume", "latest", *lora)
+    steps = [r for r in metrics(tmp_path / "full") if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3] and steps[0]["kl"] == 0 and steps[2]["kl"] > 0
+    assert [r for r in metrics(tmp_path / "split") if "reward" in r] == steps  # (the split run also evaluated at 2)
+    assert (tmp_path / "split" / "ckpt-3" / "adapter_model.safetensors").is_file()

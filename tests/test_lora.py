@@ -172,6 +172,18 @@ def test_sampler_and_trainer_score_the_same_distribution(qwen2, dtype, floor):
     with torch.no_grad():
         for m in lora.lora_layers(model):
             m.lora_B.weight.normal_(0, 0.05)  # a trained-sized update: the distribution moves
+    calls, forward = [], lora.LoRALinear.forward
+
+    def spy(self, x):
+        calls.append(1)
+        return forward(self, x)
+
+    lora.LoRALinear.forward = spy
+    try:
+        generate(model, prompts, 2, temperature=1.0, seed=3)
+    finally:
+        lora.LoRALinear.forward = forward
+    assert calls, "the sampler must run the low-rank path live (a merged copy doubles the bf16 mismatch)"
     with_lora = sampler_trainer_mismatch(model, prompts)
     assert with_lora <= 2 * without + floor, (with_lora, without)
 

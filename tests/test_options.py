@@ -20,10 +20,12 @@ def steps(out):
     return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines() if '"reward"' in x]
 
 
-def test_completion_budget_follows_its_schedule_across_a_resume(tmp_path):
+def test_completion_budget_follows_its_schedule_across_a_resume(tmp_path, capsys):
     sched = ["--max_completion_len_schedule", "2:20,4:28"]
     full = train.main(["--out", str(tmp_path / "full"), "--steps", "4", *SMALL, *sched])
     assert [r["max_completion_len"] for r in steps(full)] == [12, 20, 20, 28]
+    assert [line.split("| budget ")[1].split()[0] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("step ") and "| reward" in line] == ["12", "20", "20", "28"]  # on the console too
     assert max(r["response_length"] for r in steps(full)[:1]) <= 12
     split = tmp_path / "split"
     train.main(["--out", str(split), "--steps", "2", *SMALL, *sched])

@@ -2,6 +2,7 @@
 the field's type and one of its allowed choices, cites a source next to every key, and describes a batch that
 nanoR1's mini-batching can split."""
 import json
+import math
 import re
 import subprocess
 import sys
@@ -99,6 +100,16 @@ def test_every_recipe_passes_dry_run(name):
     assert f"model folder {load(name)['model']} not found: download" in p.stderr
 
 
+def test_dry_run_checks_the_schedule_against_the_context():
+    """DeepScaleR's last stage on a model whose context is shorter: --dry_run says so, as the run would."""
+    p = subprocess.run([sys.executable, "train.py", "--model", "data/tiny", "--dry_run",
+                        "--max_completion_len_schedule", "2:64,4:1000"],
+                       cwd=RECIPES.parent, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stdout == "", p.stdout
+    assert "--max_completion_len_schedule's last stage 1000 leaves no room for a prompt in the model's context of " \
+        "256 tokens" in p.stderr, p.stderr
+
+
 # What a recipe's one step on the tiny base overrides: the model, the task and the sizes, nothing of the method.
 TINY_STEP = ["--model", "data/tiny", "--task", "arithmetic", "--template", "base", "--grader", "builtin", "--steps", "1",
              "--prompts_per_step", "2", "--max_prompt_len", "0", "--max_completion_len", "8",
@@ -116,6 +127,19 @@ def test_every_rl_recipe_runs_one_step_on_the_tiny_base(name, tmp_path):
     assert len(step) == 1 and step[0]["completions"] > 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["algo"] == load(name)["algo"] and saved["lr"] == load(name)["lr"]  # the recipe's method ran
+
+
+def test_sft_recipe_runs_one_step_on_the_tiny_base(tmp_path):
+    data = tmp_path / "traces.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i}+{i}?", "completion": f" {2 * i}</answer>"}) + "\n"
+                            for i in range(8)))
+    out = train.main(["--config", str(RECIPES / "open_r1_sft.toml"), "--out", str(tmp_path / "sft"), *TINY_STEP,
+                      "--data", str(data), "--grad_checkpointing"])
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    step = [r for r in rows if "loss" in r]
+    assert len(step) == 1 and step[0]["tokens"] > 0 and math.isfinite(step[0]["loss"])
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["algo"] == "sft" and saved["lr"] == load("open_r1_sft")["lr"]
 
 
 def test_command_line_beats_the_file(tmp_path):

@@ -164,6 +164,72 @@ def test_float16_and_bfloat16_weights_load(tmp_path):
         assert torch.isfinite(m(torch.tensor([[1, 2, 3]]))).all()
 
 
+BAD_ADAPTER_FILES = [
+    # (id, file, bytes (or None: flip bytes of the saved file at the same size), words the error must hold)
+    ("adapter-config-binary", "adapter_config.json", b"\xff\xfe\x00garbage", ["adapter_config.json", "not UTF-8"]),
+    ("adapter-config-null", "adapter_config.json", b"null", ["adapter_config.json", "JSON object"]),
+    ("adapter-config-torn", "adapter_config.json", b'{"peft_type": "LORA", "r', ["adapter_config.json",
+                                                                                 "not valid JSON"]),
+    ("adapter-config-no-r", "adapter_config.json", "drop r", ["adapter_config.json", "r (the adapters' rank)"]),
+    ("adapter-weights-zeros", "adapter_model.safetensors", "zeros", ["adapter_model.safetensors",
+                                                                     "not a readable safetensors file"]),
+    ("adapter-weights-flipped", "adapter_model.safetensors", "flip", ["adapter_model.safetensors", "sha256"]),
+]
+
+
+@needs_tiny
+@pytest.mark.parametrize("case", BAD_ADAPTER_FILES, ids=[c[0] for c in BAD_ADAPTER_FILES])
+def test_bad_lora_checkpoint_is_one_error_line(case, tmp_path, monkeypatch, capsys):
+    """A LoRA checkpoint (PEFT's adapter layout) is checked on load like a full one: its manifest first (same
+    size, other bytes), then each file; sample.py prints one `error:` line naming the file."""
+    from nanor1 import lora
+    _, file, how, words = case
+    base = tmp_path / "base"
+    shutil.copytree(TINY, base)
+    model = lora.apply_lora(Transformer.from_pretrained(base, dtype=torch.float32), 4, base=str(base))
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(base / name, ckpt / name)
+    if how == "flip":  # the manifest was written by the save: bytes changed later are found by their hash
+        write_manifest(ckpt)
+        data = bytearray((ckpt / file).read_bytes())
+        data[-8:] = bytes(b ^ 0xFF for b in data[-8:])  # (B starts at zero: flip, do not zero)
+        (ckpt / file).write_bytes(bytes(data))
+    elif how == "zeros":
+        (ckpt / file).write_bytes(bytes((ckpt / file).stat().st_size))
+    elif how == "drop r":
+        raw = json.loads((ckpt / file).read_text())
+        del raw["r"]
+        (ckpt / file).write_text(json.dumps(raw))
+    else:
+        (ckpt / file).write_bytes(how)
+    code, err = entry_point("sample.py", ["--model", ckpt, "--prompt", "1+1=", "--max_new_tokens", "2"],
+                            monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def test_out_refuses_model_folders_of_every_layout(tmp_path):
+    """--out on a PEFT adapter folder or an HF folder whose weights are pytorch_model.bin: refused, as a
+    safetensors model folder is (the run's config.json would overwrite the model's)."""
+    for name, content in (("adapter_config.json", "{}"), ("pytorch_model.bin", "")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / name).write_text(content)
+        with pytest.raises(ValueError, match=name):
+            make_run_folder(folder)
+    folder = tmp_path / "config-only"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "qwen2"}')
+    with pytest.raises(ValueError, match="model_type"):
+        make_run_folder(folder)
+    (folder / "config.json").write_text('{"algo": "grpo", "steps": 3}')  # a run's own config.json: fine
+    assert make_run_folder(folder) == folder
+
+
 # ------------------------------------------------------------------------------------------------------ data files
 
 def _gsm8k_dir(tmp_path, lines):
@@ -190,6 +256,25 @@ def test_split_with_no_rows_is_one_clear_error(tmp_path):
     assert len(task.train_rows()) == 1
     with pytest.raises(ValueError, match="split 'test' has no rows"):
         task.eval_rows()
+
+
+@needs_tiny
+@pytest.mark.parametrize("lines, extra, message", [
+    ([], [], "empty"),
+    (["not json"], [], "data.jsonl:1: not valid JSON"),
+    ([{"prompt": "1+1=", "answer": "2"}], ["--eval_data", "EMPTY"], "empty"),
+], ids=["empty-data", "bad-line", "empty-eval-data"])
+def test_bad_data_through_train_py_is_one_error_line(lines, extra, message, tmp_path, monkeypatch, capsys):
+    """The data checks above, through the entry point: one `error:` line, exit 2, no run folder left behind."""
+    data, empty = tmp_path / "data.jsonl", tmp_path / "empty.jsonl"
+    data.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    empty.write_text("")
+    extra = [str(empty) if a == "EMPTY" else a for a in extra]
+    code, err = entry_point("train.py", ["--task", "jsonl", "--data", data, *extra, "--out", tmp_path / "run",
+                                         "--steps", "1", "--threads", "1"], monkeypatch, capsys)
+    lines_ = err.strip().splitlines()
+    assert code == 2 and len(lines_) == 1 and lines_[0].startswith("error: ") and message in lines_[0], err
+    assert not (tmp_path / "run").exists()
 
 
 def test_gsm8k_numeric_answers(tmp_path):
@@ -568,3 +653,28 @@ def test_step_budget_scores_the_rest_zero_and_counts_them():
         assert v.stats["budget_skipped"] == 3 and v.stats["timeouts"] == 0 and v.stats["errors"] == 0
         assert took < 3.0 + 2.0, took  # the budget, plus the kill; never the 30 s timeout
         assert v.score(["ok", "ok"], [{}] * 2, budget_s=30.0) == [1.0, 1.0]  # a fresh worker takes over
+
+
+@needs_tiny
+@pytest.mark.parametrize("algo", ["grpo", "sft"])
+def test_a_run_that_only_ever_skips_stops_without_saving(algo, tmp_path, monkeypatch):
+    """Every optimiser step skipped (a non-finite gradient norm, planted here): the run stops with one error at
+    the third such step, before saving it, for RL and SFT alike (steps 1 and 2 left the weights as they were)."""
+    from nanor1 import sft, step
+
+    def never(model, opt, lr, grad_clip):
+        opt.zero_grad(set_to_none=True)
+        return torch.tensor(float("inf")), False
+
+    monkeypatch.setattr(step, "optimiser_step", never)
+    monkeypatch.setattr(sft, "optimiser_step", never)
+    args = ["--out", tmp_path / "run", "--steps", "5", "--save_every", "1", "--eval_every", "0", "--threads", "1",
+            "--prompts_per_step", "4", "--group_size", "4", "--max_completion_len", "8"]
+    if algo == "sft":
+        data = tmp_path / "sft.jsonl"
+        data.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "completion": f" {i + 1}"}) + "\n"
+                                for i in range(8)))
+        args += ["--algo", "sft", "--data", data]
+    with pytest.raises(ValueError, match="step 3: the gradient norm was not finite in the last 3 steps"):
+        train.main([str(a) for a in args])
+    assert [c.name for c in list_checkpoints(tmp_path / "run")] == ["ckpt-1", "ckpt-2"]

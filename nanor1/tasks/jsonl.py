@@ -25,6 +25,7 @@ import importlib.util
 import os
 import random
 import re
+import sys
 
 from nanor1.tasks.base import Task, read_jsonl
 from nanor1.verify import ARITH_CHARS, eval_arith, last_boxed, last_number, last_tag_block, math_equal
@@ -59,7 +60,7 @@ class JsonlTask(Task):
             return rows if split == "train" else []
         if split == "train":
             print(f"--task jsonl: {len(held)} of the {len(rows)} rows of {self.data} are held out for evaluation "
-                  f"(give --eval_data to choose them)")
+                  f"(give --eval_data to choose them)", file=sys.stderr)  # stdout may be --dry_run's JSON
         return [r for i, r in enumerate(rows) if (i in held) == (split == "test")]
 
     def _read(self, path):
