@@ -69,7 +69,8 @@ def main(argv=None):
         groups, generated, cursor = collect(run, policy, step, cursor, budget)
         t1 = time.time()
         batch, sums = score(run, groups, policy, ref, learners[1] if critic else None, budget)
-        active = learners if step > cfg.critic_warmup else learners[1:]  # PPO's warm-up trains the critic alone
+        warming = critic is not None and step <= cfg.critic_warmup  # PPO's warm-up trains the critic alone
+        active = learners[1:] if warming else learners
         opt_step = update(run, batch, active, opt_step, lr, sums, budget)
         t2 = time.time()
         row = step_metrics(run, sums, groups, generated, seen, step)
@@ -338,6 +339,8 @@ def step_metrics(run, sums, groups, generated, seen, step):
                    clip_frac=per_token("clip_frac_low") + per_token("clip_frac_high"))
         row.update({k: per_token(k) for k in ("clip_frac_low", "clip_frac_high", "ratio_mean", "kl", "dual_clip_frac",
                                               "tis_weight_mean", "tis_capped_frac") if k in t})
+    if "reward_kl_tokens" in t:  # --kl_in_reward (and reinforce_pp): the KL the rewards paid, per token
+        row["kl"] = per_token("reward_kl", "reward_kl_tokens")
     if "critic_opt_steps" in t:  # PPO
         steps = t["critic_opt_steps"] / W
         row.update(value_loss=t["value_loss"] / steps, critic_grad_norm=t["critic_grad_norm"] / t["critic_opt_steps"],

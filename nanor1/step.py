@@ -202,6 +202,8 @@ def score(run: Run, groups, policy, ref, critic=None, budget=None):
         rewards += penalty
         sums.add(overlong_penalty=-penalty.sum())
     kl = kl_tokens(batch, cfg.kl_estimator) if kl_in_reward else None
+    if kl is not None:  # the KL the reward pays, per token of the sampling policy (the log's `kl`)
+        sums.add(reward_kl=kl.sum(), reward_kl_tokens=batch.mask.sum())
     batch.advantages = advantages(run, batch, rewards.to(batch.mask.device), kl, critic, sums)
     return batch, sums
 
@@ -214,6 +216,8 @@ def advantages(run: Run, batch: Batch, rewards, kl, critic, sums):
         return critic.advantages(run, batch, rewards, kl, sums)
     if cfg.algo == "reinforce_pp":
         return reinforce_pp_advantages(token_rewards(rewards, mask, kl, cfg.beta), mask, ranks)
+    if kl is not None:  # grpo, rloo: a sequence's reward is the sum of its token rewards, as in veRL
+        rewards = rewards - cfg.beta * kl.sum(1)
     if cfg.algo == "rloo":
         return rloo_advantages(rewards, cfg.group_size)[:, None] * mask
     adv, st = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards, all_reduce=ranks,

@@ -7,7 +7,8 @@ MODE: step (one SGD step on a fixed batch per STEP_VARIANTS entry; grpo_clip cli
       deal (dynamic sampling where only rank 0 finds informative groups: both ranks train on an equal share),
       lora (LoRA under FSDP2: two AdamW steps on the adapters, a rollout, a checkpoint and its reload),
       bf16 (log-probs and one step under --precision bf16: FSDP's bf16 policy with CPU autocast),
-      sft (one SGD step of nanor1/sft.py's learner on ragged rows with a token budget)."""
+      sft (one SGD step of nanor1/sft.py's learner on ragged rows with a token budget),
+      ppo (one PPO step: the policy and the critic, GAE advantages whitened over both ranks)."""
 import os
 import sys
 from contextlib import contextmanager
@@ -21,8 +22,10 @@ from nanor1 import step as rl  # noqa: E402
 from nanor1.checkpoint import full_state_dict, load_checkpoint, save_checkpoint  # noqa: E402
 from nanor1.config import TrainConfig  # noqa: E402
 from nanor1.model import Transformer  # noqa: E402
+from nanor1.ppo import CriticLearner  # noqa: E402
 from nanor1.precision import choose  # noqa: E402
 from nanor1.rollout import generate  # noqa: E402
+from tests.ppo_dist_worker import new_critic  # noqa: E402
 
 
 def fixed_groups(P=4, G=4, V=97, seed=0):
@@ -52,12 +55,15 @@ def step_cfg(loss_type, grad_clip=0.0):
                        loss_type=loss_type, max_completion_len=6, mu=2, mini_batch_size=8, lr=0.5)
 
 
-def train_step(cfg, model, opt, groups, d, rows=(), precision="fp32"):
-    """score + update on fixed groups, as train.py's loop runs them."""
+def train_step(cfg, model, opt, groups, d, rows=(), precision="fp32", critic=None, critic_opt=None):
+    """score + update on fixed groups, as train.py's loop runs them (with a critic: PPO's two learners)."""
     run = rl.Run(cfg=cfg, d=d, prec=choose(d.device, precision), tok=None, task=None, rows=list(rows), prompts=[],
                  stream=None, verifier=None, stop=None)
-    batch, sums = rl.score(run, groups, model, None)
-    rl.update(run, batch, [rl.PolicyLearner(model, opt, run)], 0, lambda s: cfg.lr, sums)
+    learners = [rl.PolicyLearner(model, opt, run)]
+    if critic is not None:
+        learners.append(CriticLearner(critic, critic_opt, run))
+    batch, sums = rl.score(run, groups, model, None, learners[1] if critic is not None else None)
+    rl.update(run, batch, learners, 0, lambda s: cfg.lr, sums)
     return sums.reduce(d)
 
 
@@ -71,6 +77,23 @@ def one_step(model, d, variant, precision="fp32"):
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     train_step(step_cfg(loss_type, grad_clip), model, opt, mine, d, precision=precision)
     return {k: v.clone() for k, v in full_state_dict(model, d).items()}
+
+
+def ppo_step(model_dir, d):
+    """One PPO step on fixed groups, each rank its whole groups: mu = 2 passes of 2 mini-batches (so the ratio
+    and the value clip act), SGD for the policy and the critic. Returns both models' full parameters and the
+    step's reduced statistics."""
+    cfg = TrainConfig(algo="ppo", prompts_per_step=4, group_size=4, micro_batch_size=3, max_completion_len=6, mu=2,
+                      mini_batch_size=8, lr=0.5, critic_lr=0.01, grad_clip=0.0, value_clip=0.05)
+    groups = fixed_groups()
+    per_rank = len(groups) // d.world_size
+    mine = groups[d.rank * per_rank:(d.rank + 1) * per_rank]
+    policy = distributed.shard(Transformer.from_pretrained(model_dir, dtype=torch.float32), d)
+    critic = new_critic(model_dir, d)  # a non-zero value head: the backbone learns from the first step
+    stats = train_step(cfg, policy, torch.optim.SGD(policy.parameters(), lr=cfg.lr), mine, d, critic=critic,
+                       critic_opt=torch.optim.SGD(critic.parameters(), lr=cfg.critic_lr))
+    return {"policy": {k: v.clone() for k, v in full_state_dict(policy, d).items()},
+            "critic": {k: v.clone() for k, v in full_state_dict(critic, d).items()}, "stats": stats}
 
 
 def sft_examples():
@@ -245,6 +268,10 @@ def main():
         with open(os.path.join(out, f"deal-{d.rank}.txt"), "w") as f:
             f.write(" ".join(f"{g[0].completion[0]}:{g[0].completion[1]}" for g in kept) +
                     f" | {len(generated)} {cursor}\n")
+    elif mode == "ppo":
+        result = ppo_step(model_dir, d)
+        if d.is_main:
+            torch.save(result, os.path.join(out, "ppo.pt"))
     elif mode == "lora":
         lora_mode(model_dir, out, d)
     elif mode == "sft":

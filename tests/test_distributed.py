@@ -63,6 +63,32 @@ def test_two_ranks_make_the_same_update_as_one(folder, tmp_path):
     assert ((per_shard_scale / (clip / one_norms) - 1).abs() > 0.05).all(), (local, one_norms)
 
 
+def test_two_rank_ppo_step_matches_one_process(folder, tmp_path):
+    """PPO through score + update with both learners: GAE advantages whitened over both ranks, the clipped value
+    loss normalised over both ranks' tokens, FSDP on the policy and the critic: the same policy, the same
+    critic and the same statistics as one process holding every group."""
+    torchrun("tests/dist_worker.py", "ppo", folder, tmp_path)
+    two = torch.load(tmp_path / "ppo.pt")
+    torch.manual_seed(0)
+    one = dist_worker.ppo_step(folder, Dist())
+    base = Transformer.from_pretrained(folder, dtype=torch.float32).state_dict()
+    for name in ("policy", "critic"):
+        moved = max((one[name][k] - base[k]).abs().max().item() for k in one[name] if k in base)
+        assert moved > 1e-2, f"the step barely moved the {name}'s backbone: the comparison would be vacuous"
+        assert one[name].keys() == two[name].keys()
+        for k in one[name]:
+            torch.testing.assert_close(two[name][k], one[name][k], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f"{name} {k}: {m}")
+    a, b = one["stats"], two["stats"]
+    # The step exercised what it compares: the second pass moved the ratio, and the value clip bound.
+    assert a["ratio_max"] > 1.01 and a["value_clip_frac"] > 0 and abs(a["explained_variance"]) > 1e-3, a
+    for k in ("loss", "value_loss", "value_clip_frac", "critic_tokens", "explained_variance", "values_sum",
+              "returns_sum", "value_tokens", "ratio_max", "clip_frac_low", "clip_frac_high", "entropy"):
+        assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])
+    # Each rank adds the global gradient norm once per optimiser step: two ranks sum it twice.
+    assert abs(b["critic_grad_norm"] - 2 * a["critic_grad_norm"]) <= 1e-5 * a["critic_grad_norm"]
+
+
 def test_two_rank_sft_step_equals_one_process(folder, tmp_path):
     """nanor1/sft.py's learner through step.update: 2 ranks with different micro-batch counts (evened out) make
     the same SGD step as one process on all the rows, and log the same loss and target-token count."""

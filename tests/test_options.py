@@ -69,7 +69,7 @@ def test_jsonl_task_trains_with_each_builtin_reward(tmp_path, reward, capsys):
     write_rows(data, 40, nums=lambda r: [r["a"], r["b"]])
     out = train.main(["--out", str(tmp_path / "run"), "--steps", "2", *SMALL, "--task", "jsonl", "--data", str(data),
                       "--reward", reward, "--max_completion_len", "40"])
-    assert "2 of the 40 rows" in capsys.readouterr().out  # the seeded held-out slice is said
+    assert "2 of the 40 rows" in capsys.readouterr().err  # the seeded held-out slice is said (stdout: --dry_run)
     rows = steps(out)
     assert len(rows) == 2 and all(r["completions"] == 16 for r in rows)
     if reward != "countdown":  # the base writes the right sum now and then: the built-in checks see it
