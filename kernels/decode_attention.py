@@ -45,22 +45,30 @@ def decode_attention_ref(q, k_cache, v_cache, lengths):
     B, H, D = q.shape
     K = k_cache.shape[1]
     # Slots past every row's length are never touched, so a mostly empty static cache costs nothing; slots
-    # below every row's length are valid everywhere and need no mask. Only the ragged band between is masked.
+    # below every row's length are valid everywhere. Only the ragged band between holds garbage for some rows.
     lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 1 or hi > k_cache.shape[2]:  # the range check, from the bounds this path needs anyway
+        raise ValueError(f"lengths must lie in [1, {k_cache.shape[2]}], got {lengths.tolist()}")
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    k = k_cache[:, :, :hi].to(dt)  # (B, K, hi, D), a view when already dt
-    v = v_cache[:, :, :hi].to(dt)
-    qg = q.reshape(B, K, H // K, D).to(dt)  # (B, K, G, D): the G query heads that share kv head j
+    as_dt = lambda t: t if t.dtype == dt else t.to(dt)  # noqa: E731  (no op dispatched when it already is)
+    k = as_dt(k_cache[:, :, :hi])  # (B, K, hi, D), a view when already dt
+    v = as_dt(v_cache[:, :, :hi])
+    qg = as_dt(q.reshape(B, K, H // K, D))  # (B, K, G, D): the G query heads that share kv head j
     scores = torch.matmul(qg, k.transpose(-1, -2)) / math.sqrt(D)  # (B, K, G, hi), batched: no repeat of k
     valid = torch.arange(hi, device=q.device) < lengths[:, None]  # (B, hi)
     # `where`, not a multiply by the mask: garbage may be NaN, and NaN * 0 is NaN.
     scores = torch.where(valid[:, None, None, :], scores, -math.inf)
     p = torch.softmax(scores, dim=-1)  # (B, K, G, hi)
-    out = torch.matmul(p[..., :lo], v[:, :, :lo])  # (B, K, G, D)
-    if hi > lo:  # p is 0 on garbage slots, but 0 * NaN is NaN: zero those values (a copy of the band only)
+    # p is 0 on garbage slots, and 0 x garbage is 0 while the garbage is finite (the rollout engine's cache is
+    # zeroed when made): one batched matmul. 0 x NaN or inf is NaN: then the band's garbage is zeroed (a copy
+    # of the band only) and its part redone. (A rollout's rows differ in length by a few slots, and a third
+    # matmul over B*K tiny matrices cost a quarter of this function on the CPU.)
+    out = torch.matmul(p, v)  # (B, K, G, D)
+    if hi > lo and not bool(torch.isfinite(out).all()):
         band = torch.where(valid[:, None, lo:, None], v[:, :, lo:], 0.0)  # (B, K, hi - lo, D)
-        out = out + torch.matmul(p[..., lo:], band)
-    return out.reshape(B, H, D).to(q.dtype)
+        out = torch.matmul(p[..., :lo], v[:, :, :lo]) + torch.matmul(p[..., lo:], band)
+    out = out.reshape(B, H, D)
+    return out if out.dtype == q.dtype else out.to(q.dtype)
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -187,8 +195,7 @@ def _check(q, k_cache, v_cache, lengths):
     if lengths.shape != (B,) or lengths.dtype.is_floating_point:
         raise ValueError(f"lengths must be an integer tensor of shape ({B},), got {lengths.dtype} "
                          f"{tuple(lengths.shape)}")
-    if not lengths.is_cuda and not bool(((lengths >= 1) & (lengths <= k_cache.shape[2])).all()):
-        raise ValueError(f"lengths must lie in [1, {k_cache.shape[2]}], got {lengths.tolist()}")
+    # The range of lengths is checked by each path (see decode_attention), where it costs nothing extra.
 
 
 def _num_splits(B, K, S):
@@ -262,6 +269,10 @@ def decode_attention(q, k_cache, v_cache, lengths, impl="auto", num_splits=None)
     Triton split count (tests, benchmarks)."""
     _check(q, k_cache, v_cache, lengths)
     if use_triton(q, impl):
+        # Lengths in range: checked here when interpreted; on a GPU reading them would wait for the device, and
+        # the kernel never loads past a length. (The torch path checks from the min and max it reads anyway.)
+        if not lengths.is_cuda and not bool(((lengths >= 1) & (lengths <= k_cache.shape[2])).all()):
+            raise ValueError(f"lengths must lie in [1, {k_cache.shape[2]}], got {lengths.tolist()}")
         return decode_attention_triton(q, k_cache, v_cache, lengths, num_splits)
     return decode_attention_ref(q, k_cache, v_cache, lengths)
 

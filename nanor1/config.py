@@ -114,8 +114,8 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # max global grad norm (0 = off); a non-finite norm skips the optimiser step
     mini_batch_size: int = 0  # sequences per optimiser step, over all ranks (0 = the whole rollout batch)
-    micro_batch_size: int = 16  # most sequences per forward/backward on each rank (memory knob, no effect on the math)
-    micro_batch_tokens: int = 0  # most padded tokens per forward/backward on each rank (0 = off; memory knob)
+    micro_batch_size: int = 256  # most sequences per forward/backward on each rank (memory knob, no effect on the math)
+    micro_batch_tokens: int = 8192  # most padded tokens per forward/backward on each rank (0 = off; memory knob)
     grad_checkpointing: bool = False  # recompute each block in backward: activation memory / layers
     # --- evaluation, logging, checkpoints
     eval_every: int = 10  # greedy pass@1 on the held-out set every N steps (0 = only at start and end)

@@ -18,7 +18,8 @@ Greedy decoding (temperature 0) does not depend on how prompts are batched.
 
 Host work per step: one copy of the B new ids to the host (a GPU's only sync), array writes, and a decode of
 the tail only for rows whose new token may complete a stop string. Tokens and log-probs stay in device
-buffers until the end.
+buffers until the end; index arrays go to the device only when compaction changes them, without waiting
+(model.to_device), and the cache checks its bounds against a host-side count (KVCache.filled).
 """
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from kernels.sampling import logprobs_of, sample
-from nanor1.model import KVCache, compute_dtype
+from nanor1.model import KVCache, compute_dtype, to_device
 
 
 @dataclass
@@ -114,8 +115,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     length = np.full(N, max_new_tokens)  # tokens per completion; max_new_tokens = truncated unless ended there
     ended = np.zeros(N, dtype=bool)
     live = np.arange(N)  # which sequence each cache row holds
+    live_t = torch.arange(N, device=device)  # the same, on the device (changed only by compaction)
     for t in range(max_new_tokens):
-        live_t = torch.from_numpy(live).to(device)
         tok = sample(logits, temperature, top_k=top_k, top_p=top_p, seed=seed,
                      offsets=live_t * max_new_tokens + t)  # (B,) noise keyed by (sequence, position)
         logps[live_t, t] = logprobs_of(logits, tok, temperature)  # tempered, untruncated
@@ -130,7 +131,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
         if done.any():  # compact: finished sequences stop costing compute
             keep = np.flatnonzero(~done)
             order = cache.compact(keep)  # (B',) row i now holds what row order[i] held
-            live, tok = live[order], tok[torch.from_numpy(order).to(device)]
+            order_t = to_device(order, device)
+            live, live_t, tok = live[order], live_t[order_t], tok[order_t]
         logits = decode_step(model, cache, tok)
     logps = logps.cpu()
     return Rollouts(tokens=[out[s, :length[s]].tolist() for s in range(N)],

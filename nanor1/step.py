@@ -123,6 +123,7 @@ class Batch:
     lengths: torch.Tensor  # (B,) host: prompt + completion tokens
     loss_tokens: torch.Tensor  # (B,) host: tokens of each row in the loss (0 for a masked row)
     rewards: torch.Tensor  # (B,) host
+    prompt_keys: Optional[torch.Tensor] = None  # (B,) host: equal for rows of the same prompt (None: all differ)
     advantages: Optional[torch.Tensor] = None  # (B, T) per token, 0 off the mask
     old_logp: Optional[torch.Tensor] = None  # (B, T) the policy before this step's updates (None: = logp)
     ref_logp: Optional[torch.Tensor] = None  # (B, T) the frozen reference (KL term)
@@ -141,6 +142,12 @@ class Batch:
         dev = self.ids.device
         return rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)
 
+    def shared_prefix(self):
+        """The model's shared_prefix (lens, keys, ends): the rows of a prompt run its first prompt_len - 1
+        tokens once (the last one predicts the first completion token, so it stays in each row's own part),
+        and a row's padding (input columns from length - 1 on) is not run."""
+        return None if self.prompt_keys is None else (self.prompt_lens - 1, self.prompt_keys, self.lengths - 1)
+
     def select(self, idx):
         """Rows `idx` (a host list) trimmed to their longest row: a mini- or micro-batch."""
         host = torch.tensor(idx, dtype=torch.long)
@@ -150,6 +157,7 @@ class Batch:
         return replace(self, ids=cut(self.ids), targets=cut(self.targets), completion=cut(self.completion),
                        mask=cut(self.mask), sampler_logp=cut(self.sampler_logp), prompt_lens=self.prompt_lens[host],
                        lengths=self.lengths[host], loss_tokens=self.loss_tokens[host], rewards=self.rewards[host],
+                       prompt_keys=None if self.prompt_keys is None else self.prompt_keys[host],
                        advantages=cut(self.advantages), old_logp=cut(self.old_logp), ref_logp=cut(self.ref_logp),
                        extra={k: cut(v) for k, v in self.extra.items()})
 
@@ -168,10 +176,12 @@ def pack(samples, device, mask_truncated=False) -> Batch:
         completion[i, p - 1:p - 1 + c] = 1.0  # target t predicts token t + 1: completion tokens start at p - 1
         sampler[i, p - 1:p - 1 + c] = torch.tensor(s.sampler_logp)
     on = lambda x: x.to(device)  # noqa: E731
+    seen = {}  # prompt -> key: a group's rows share one (and so would a prompt drawn twice)
+    keys = torch.tensor([seen.setdefault(tuple(s.prompt), len(seen)) for s in samples])
     return Batch(ids=on(ids[:, :-1]), targets=on(ids[:, 1:]), completion=on(completion),
                  mask=on(completion * weight[:, None]), sampler_logp=on(sampler), prompt_lens=prompt_lens,
                  lengths=lengths, loss_tokens=(lengths - prompt_lens) * weight,
-                 rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32))
+                 rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32), prompt_keys=keys)
 
 
 # ----------------------------------------------------------------------------- score
@@ -242,7 +252,7 @@ def logprobs(run: Run, model, batch: Batch, sums=None):
         mb = batch.select(idx)
         with run.prec.autocast():
             logp, entropy = model(mb.ids, targets=mb.targets, temperature=run.cfg.temperature,
-                                  positions=mb.positions())
+                                  positions=mb.positions(), shared_prefix=mb.shared_prefix())
         if sums is not None:
             sums.add(**policy_stats(logp, entropy, mb))
         out[torch.tensor(idx).to(out.device, non_blocking=True), :logp.shape[1]] = logp  # no wait for the GPU
@@ -270,13 +280,20 @@ def n_mini(cfg, n_rows_rank, world_size):
 
 def micro_batches(batch: Batch, rows, cfg, d=None):
     """Split `rows` into micro-batches of at most --micro_batch_size rows and, with --micro_batch_tokens, at
-    most that many padded tokens (rows x the longest row). Rows are taken longest first, so rows of a size
-    share a micro-batch and little is padding; the normalisers are step-wide, so the split never changes the
-    update, only memory and speed. With `d` (several ranks), every rank gets as many micro-batches as the
-    rank with the most (same_count)."""
+    most that many padded tokens (rows x the longest row). With a token budget, prompts are taken longest
+    first (by their longest row) and each prompt's rows together, longest first: rows of a size share a
+    micro-batch, so little is padding, and a prompt's rows share a micro-batch, where its tokens run once
+    (model.SharedPrefix). The normalisers are step-wide, so the split never changes the update, only memory
+    and speed. With `d` (several ranks), every rank gets as many micro-batches as the rank with the most
+    (same_count)."""
     rows = list(rows)
     if cfg.micro_batch_tokens:
-        rows.sort(key=lambda r: -int(batch.lengths[r]))
+        length = batch.lengths.tolist()
+        key = batch.prompt_keys.tolist() if batch.prompt_keys is not None else list(range(len(batch)))
+        top = {}  # prompt key -> its longest row
+        for r in rows:
+            top[key[r]] = max(top.get(key[r], 0), length[r])
+        rows.sort(key=lambda r: (-top[key[r]], key[r], -length[r]))
     out, cur, longest = [], [], 0
     for r in rows:
         n = int(batch.lengths[r]) - 1
@@ -348,9 +365,9 @@ class PolicyLearner:
 
     def loss(self, mb: Batch, norms, budget):
         cfg = self.run.cfg
-        with self.run.prec.autocast():
+        with self.run.prec.autocast():  # (b, T) each, 0 off the completion tokens; a prompt runs once for its rows
             logp, entropy = self.model(mb.ids, targets=mb.targets, temperature=cfg.temperature,
-                                       positions=mb.positions())  # (b, T) each, 0 off the completion tokens
+                                       positions=mb.positions(), shared_prefix=mb.shared_prefix())
         old = mb.old_logp if mb.old_logp is not None else logp.detach()
         sums = policy_stats(logp, entropy, mb) if mb.old_logp is None else {}  # this forward is the sampler's
         kl_in_loss = cfg.beta > 0 and not (cfg.kl_in_reward or cfg.algo == "reinforce_pp")

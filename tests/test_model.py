@@ -233,3 +233,77 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
         grads.append([p.grad for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def ragged_groups(vocab, prompt_lens, completion_lens, G, seed=0):
+    """Right-padded rows of G completions per prompt (prompt-major), with the trainer's completion positions:
+    row b's completion tokens are the targets at columns [prompt_len - 1, length - 1)."""
+    g = torch.Generator().manual_seed(seed)
+    rows, keys, plens = [], [], []
+    for i, (p, cs) in enumerate(zip(prompt_lens, completion_lens)):
+        prompt = torch.randint(0, vocab, (p,), generator=g)
+        for c in cs[:G]:
+            rows.append(torch.cat([prompt, torch.randint(0, vocab, (c,), generator=g)]))
+            keys.append(i)
+            plens.append(p)
+    T = max(len(r) for r in rows)
+    full = torch.full((len(rows), T), 7)  # padding: any id (it only follows real tokens)
+    for b, r in enumerate(rows):
+        full[b, :len(r)] = r
+    n = torch.tensor([len(r) for r in rows]) - torch.tensor(plens)  # completion tokens per row
+    pos_rows = torch.repeat_interleave(torch.arange(len(rows)), n)
+    pos_cols = torch.cat([torch.arange(p - 1, p - 1 + k) for p, k in zip(plens, n.tolist())])
+    ends = torch.tensor([len(r) for r in rows]) - 1  # input columns of each row (the last token is no input)
+    return full[:, :-1], full[:, 1:], (pos_rows, pos_cols), torch.tensor(plens) - 1, torch.tensor(keys), ends
+
+
+@pytest.mark.parametrize("case", [dict(kind="qwen2", tied=True), dict(kind="qwen3", tied=False, head_dim=24)])
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_shared_prefix_gives_the_same_logprobs_and_gradients(tmp_path, case, ckpt):
+    """Running each prompt once for its group (shared_prefix) changes no number: log-probs, entropies and every
+    parameter's gradient equal those of the rows run whole (up to fp32 summation order). Ragged prompts and
+    completions, a prompt of one token (nothing shared), a key whose rows are not adjacent."""
+    folder, _ = hf_tiny(tmp_path, **case)
+    ids, tgt, pos, lens, keys, ends = ragged_groups(97, [5, 9, 1, 3], [[4, 7, 1], [2, 6, 3], [5, 2, 2], [8, 1, 3]],
+                                                    G=3)
+    perm = torch.tensor([0, 4, 1, 2, 3, 5, 6, 7, 8, 11, 10, 9])  # rows of one key scattered
+    inv = torch.argsort(perm)
+    ids, tgt, lens, keys, ends = ids[perm], tgt[perm], lens[perm], keys[perm], ends[perm]
+    pos = (inv[pos[0]], pos[1])
+    weights = torch.randn(ids.shape, generator=torch.Generator().manual_seed(1))
+    results = []
+    for shared in (None, (lens, keys, ends)):
+        model = Transformer.from_pretrained(folder, dtype=torch.float32)
+        model.gradient_checkpointing = ckpt
+        logp, ent = model(ids, targets=tgt, temperature=0.8, positions=pos, shared_prefix=shared)
+        (logp * weights + 0.1 * ent).sum().backward()
+        results.append((logp.detach(), ent.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (l0, e0, g0), (l1, e1, g1) = results
+    assert (l0[pos] != 0).all()  # every completion position was scored
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(e1, e0, rtol=1e-5, atol=1e-5)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_shared_prefix_past_its_mask_budget_runs_rows_whole(tmp_path, monkeypatch):
+    """`cells` predicts the mask SharedPrefix builds; past MAX_CELLS the rows run whole, with the same numbers."""
+    from nanor1.model import SharedPrefix
+    folder, _ = hf_tiny(tmp_path)
+    ids, tgt, pos, lens, keys, ends = ragged_groups(97, [5, 2], [[4, 7, 1], [2, 6, 3]], G=3)
+    assert SharedPrefix.cells(lens, keys, ends) == SharedPrefix(lens, keys, ends, "cpu").mask.numel()
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        whole, _ = model(ids, targets=tgt, positions=pos)
+        monkeypatch.setattr(SharedPrefix, "MAX_CELLS", SharedPrefix.cells(lens, keys, ends) - 1)
+        monkeypatch.setattr(SharedPrefix, "__init__", None)  # building one now would fail the call
+        fallback, _ = model(ids, targets=tgt, positions=pos, shared_prefix=(lens, keys, ends))
+    torch.testing.assert_close(fallback, whole, rtol=0, atol=0)
+
+
+def test_shared_prefix_needs_targets_and_positions(tmp_path):
+    folder, _ = hf_tiny(tmp_path)
+    model = Transformer.from_pretrained(folder, dtype=torch.float32)
+    ids = torch.randint(0, 97, (2, 6))
+    with pytest.raises(ValueError, match="shared_prefix needs targets and positions"):
+        model(ids, shared_prefix=(torch.tensor([2, 2]), torch.tensor([0, 0]), torch.tensor([6, 6])))

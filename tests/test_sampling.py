@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from kernels.sampling import _mix, _mix_int, gumbel_noise, logprobs_of, sample
+from kernels.sampling import _mix, _mix_int, _uniform_np, _uniform_torch, gumbel_noise, logprobs_of, sample
 from tests.sm90 import compile_for_h100
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,6 +60,17 @@ def test_hash_matches_python_ints():
     x = torch.cat([torch.randint(0, 2 ** 32, (1000,), dtype=torch.int64),
                    torch.tensor([0, 1, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1])])
     assert _mix(x).tolist() == [_mix_int(int(v)) for v in x]
+
+
+def test_cpu_hash_in_numpy_matches_the_torch_int64_hash():
+    """The CPU draws (numpy uint32) and the int64 torch ops (the torch path off the CPU) give the same bits, for
+    offsets past 2^32 and negative ones, broadcast as the sampler uses them."""
+    offsets = torch.cat([torch.randint(0, 2 ** 40, (60,)), torch.tensor([0, 2 ** 32 - 1, 2 ** 32, -1, -2 ** 40])])
+    index = torch.cat([torch.randint(0, 2 ** 31, (300,)), torch.tensor([0, 1, 2 ** 31 - 1, 2 ** 31 + 7])])
+    for seed in (0, 1, 2 ** 64 - 1, torch.randint(0, 2 ** 62, ()).item()):
+        for off, idx in ((offsets[:, None], index), (offsets, index[:65]), (offsets[3], index)):
+            u = _uniform_torch(seed, off, idx)
+            assert torch.equal(torch.from_numpy(_uniform_np(seed, off.numpy(), idx.numpy())), u), seed
 
 
 def assert_gumbel(g, what):
