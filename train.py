@@ -31,6 +31,7 @@ from nanor1.evaluate import evaluate
 from nanor1.model import load_model_and_tokenizer
 from nanor1.ppo import CriticLearner, load_critic
 from nanor1.precision import choose as choose_precision
+from nanor1.reflection import reflection_counts, reflection_rates
 from nanor1.rollout import Stop, check_memory
 from nanor1.schedule import length_at, lr_at, parse_length_schedule
 from nanor1.step import PolicyLearner, Run, Sums, collect, score, update
@@ -304,6 +305,9 @@ def step_metrics(run, sums, groups, generated, seen, step):
              completion_tokens=sum(len(s.completion) for s in generated), groups=len(groups),
              verifier_timeouts=stats["timeouts"] - seen["timeouts"], verifier_errors=stats["errors"] - seen["errors"],
              verifier_budget_skipped=stats.get("budget_skipped", 0) - seen.get("budget_skipped", 0))
+    # counts of reflecting completions (nanor1/reflection.py); counts add over ranks, the rates come after
+    sums.add(**reflection_counts([s.text for s in generated], [task.is_correct(s.reward) for s in generated],
+                                 task.reflection_markers))
     if run.cfg.dynamic_sampling:  # the kept groups alone, beside everything generated
         kept = [s for g in groups for s in g]
         sums.add(kept=len(kept), reward_kept=sum(s.reward for s in kept),
@@ -313,6 +317,7 @@ def step_metrics(run, sums, groups, generated, seen, step):
     row = {"step": step, "reward": t["reward"] / n, "accuracy": t["correct"] / n,
            "response_length": t["completion_tokens"] / n, "completions": int(t["completions"]),
            "groups": int(t["groups"])}
+    row.update(reflection_rates(t, int(t["completions"])))  # None where no completion (or all) reflect
     per_token = lambda k, n_key="tokens": t[k] / max(t[n_key], 1)  # noqa: E731
     if "tokens_sampled" in t:
         row.update(entropy=per_token("entropy", "tokens_sampled"), logprob_mismatch=per_token("mismatch", "tokens_sampled"))
@@ -393,7 +398,7 @@ class Log:
             self.say(f"warning: step {row['step']}: {row['skipped_steps']} of {row['opt_steps']} optimiser steps "
                      "skipped: the gradient norm was not finite")
         fields = [f"step {row['step']:4d}", f"reward {row['reward']:.3f}", f"acc {row['accuracy']:.3f}",
-                  f"len {row['response_length']:5.1f}"]
+                  f"len {row['response_length']:5.1f}", f"refl {row['reflection_rate'] or 0:.2f}"]
         if "kl" in row:
             fields.append(f"kl {row['kl']:.4f}")
         if "entropy" in row:
