@@ -31,7 +31,7 @@ from nanor1.evaluate import evaluate
 from nanor1.model import load_model_and_tokenizer
 from nanor1.ppo import CriticLearner, load_critic
 from nanor1.precision import choose as choose_precision
-from nanor1.reflection import reflection_counts, reflection_rates
+from nanor1.reflection import REFLECTION_MARKERS, reflection_counts, reflection_rates
 from nanor1.rollout import Stop, check_memory
 from nanor1.schedule import length_at, lr_at, parse_length_schedule
 from nanor1.step import PolicyLearner, Run, Sums, collect, score, update
@@ -306,8 +306,8 @@ def step_metrics(run, sums, groups, generated, seen, step):
              verifier_timeouts=stats["timeouts"] - seen["timeouts"], verifier_errors=stats["errors"] - seen["errors"],
              verifier_budget_skipped=stats.get("budget_skipped", 0) - seen.get("budget_skipped", 0))
     # counts of reflecting completions (nanor1/reflection.py); counts add over ranks, the rates come after
-    sums.add(**reflection_counts([s.text for s in generated], [task.is_correct(s.reward) for s in generated],
-                                 task.reflection_markers))
+    markers = getattr(task, "reflection_markers", REFLECTION_MARKERS)  # a duck-typed task need not name any
+    sums.add(**reflection_counts([s.text for s in generated], [task.is_correct(s.reward) for s in generated], markers))
     if run.cfg.dynamic_sampling:  # the kept groups alone, beside everything generated
         kept = [s for g in groups for s in g]
         sums.add(kept=len(kept), reward_kept=sum(s.reward for s in kept),
