@@ -23,11 +23,13 @@ Reproducible: the corpus comes from one seeded `random.Random`, torch from `torc
 thread count is fixed (float sums, hence the weights, depend on it).
 """
 import argparse
+import functools
 import importlib
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -74,14 +76,33 @@ def parse_args(argv=None):
     p.add_argument("--eval_size", type=int, default=500, help="held-out problems evaluated (the first N)")
     p.add_argument("--samples", type=int, default=8, help="k of pass@k, sampled at temperature 1")
     p.add_argument("--max_new_tokens", type=int, default=64, help="generation budget per completion")
+    p.add_argument("--init", default="", help="continue pretraining this built model (its tokenizer and weights) "
+                   "instead of starting from nothing")
+    p.add_argument("--mix", default="", help="recheck only: the writers' shares, e.g. short=0.7,careful=0.02,"
+                   "recheck=0.2,superficial=0.08 (default nanor1/tasks/recheck.py's WRITERS)")
     p.add_argument("--toy", action="store_true", help="a seconds-long build for tests (overrides sizes)")
     args = p.parse_args(argv)
+    args.writers = parse_mix(args.mix, args.task) if args.mix else None
     args.out = args.out or OUT[args.task]
     if args.toy:  # every stage runs, at a size where nothing is learned
         args.vocab, args.hidden, args.layers, args.heads, args.kv_heads, args.mlp = 300, 32, 1, 2, 1, 64
         args.steps, args.batch, args.warmup, args.eval_size, args.samples = 20, 16, 5, 16, 2
         args.max_new_tokens = 16
     return args
+
+
+def parse_mix(text, task):
+    """--mix "short=0.7,careful=0.02,..." -> {writer: share}: every writer of recheck.WRITERS, shares summing to 1."""
+    from nanor1.tasks import recheck
+    if task != "recheck":
+        raise ValueError(f"--mix applies to --task recheck only, not {task!r}")
+    try:
+        mix = {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise ValueError(f"--mix {text!r}: want writer=share pairs separated by commas") from None
+    if set(mix) != set(recheck.WRITERS) or abs(sum(mix.values()) - 1) > 1e-9 or min(mix.values()) < 0:
+        raise ValueError(f"--mix {text!r}: give a share >= 0 to each of {list(recheck.WRITERS)}, summing to 1")
+    return {w: mix[w] for w in recheck.WRITERS}  # WRITERS' order: the draw in document() walks it
 
 
 def train_tokenizer(texts, vocab_size):
@@ -269,13 +290,23 @@ def write_readme(out, args, argv, cfg, n_tokens, n_params, wall, metrics):
     cmd = " ".join(["python data/build_tiny.py"] + argv)
     examples = "\n\n".join(metrics["greedy_examples"])
     samples = "\n\n".join(metrics["sampled_examples"])
-    intro, rows, why = (arithmetic_text if args.task == "arithmetic" else recheck_text)(metrics, k)
+    if args.task == "arithmetic":
+        intro, rows, why = arithmetic_text(metrics, k)
+    else:
+        intro, rows, why = recheck_text(metrics, k, args.writers)
+    start, start_readme = "", ""
+    if args.init:  # a continued build: name its start, and carry the start's own README along
+        start = f"| continued from | `{args.init}` (a build of this script: its README is appended below) |\n"
+        prev = Path(args.init) / "README.md"
+        if prev.is_file():
+            start_readme = (f"\n## The start: {args.init}\n\n" +
+                            prev.read_text().replace("\n# ", "\n### ").replace("# ", "### ", 1))
     text = f"""{intro}
 
 | | |
 |---|---|
 | command | `{cmd}` |
-| seed, threads | {args.seed}, {args.threads} |
+{start}| seed, threads | {args.seed}, {args.threads} |
 | machine | {machine()} |
 | wall time | {wall:.0f} s (tokenizer, pretraining, evaluation) |
 | architecture | qwen2: {args.layers} layers, C={args.hidden}, {args.heads} query / {args.kv_heads} kv heads, MLP {args.mlp}, tied embeddings |
@@ -305,7 +336,7 @@ Samples at temperature 1 (the first problem that needs a carry):
 ```
 {samples}
 ```
-"""
+{start_readme}"""
     (out / "README.md").write_text(text)
 
 
@@ -331,7 +362,7 @@ row above on the problems that need a carry (and the carry-free ones stay right)
     return intro, rows, why
 
 
-def recheck_text(m, k):
+def recheck_text(m, k, writers=None):
     """data/tiny_recheck's README: its title, its rows of the metric table, the strategy table and why."""
     from nanor1.tasks import recheck
     intro = """# data/tiny_recheck: a tiny base that sometimes re-checks itself
@@ -344,7 +375,7 @@ one of which guesses, then re-checks). This file is written by the script; the n
 | accuracy_reflect / accuracy_no_reflect | {_f(m['accuracy_reflect'])} / {_f(m['accuracy_no_reflect'])} |
 | superficial_reflection_rate (reflecting samples that end wrong) | {_f(m['superficial_reflection_rate'])} |
 """
-    corpus = {**recheck.WRITERS, "other": 0.0}
+    corpus = {**(writers or recheck.WRITERS), "other": 0.0}  # the --mix of this build, if it had one
     table = "\n".join(f"| {kind} | {corpus[kind]:.2f} | {m[f'share_{kind}']:.3f} | {m[f'greedy_share_{kind}']:.3f} | "
                       f"{_f(m[f'accuracy_{kind}'])} | {_f(m[f'tokens_{kind}'], 1)} |" for kind in recheck.STRATEGIES)
     why = f"""Strategies, as nanor1/tasks/recheck.py's `strategy` reads a completion: the share of corpus
@@ -356,11 +387,12 @@ the guess); "other" is anything else (a garbled sample).
 |---|---|---|---|---|---|
 {table}
 
-Why greedy is weak and pass@{k} strong: greedy decoding follows the majority writer, the short guess, which
-is right only when no column carries. Samples take the other paths often enough: the careful columns and
-the re-check after the guess are right unless a column slips, the superficial re-check is as wrong as the
-guess. A reward that checks only the final sum therefore favours the long completions, and among them the
-self-checking ones, which are the more frequent: RL can select them, not invent them."""
+Why greedy is weak and pass@{k} strong: greedy decoding follows the majority writer, the short guess, a random
+number of about the right size, right by luck only. Samples take the other paths often enough: the careful
+columns, and the re-check after the guess, are right unless the model slips on a column (the corpus slips on
+{arithmetic.SLIP_RATE:.0%} of them; the model more often); the superficial re-check is as wrong as the guess. A reward
+that checks only the final sum therefore favours the long completions, among them the self-checking ones: RL
+can select them, not invent them."""
     return intro, rows, why
 
 
@@ -387,18 +419,30 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     document = importlib.import_module(f"nanor1.tasks.{args.task}").document  # the corpus writer
-
-    # 1-2. Tokenizer, trained on a sample of the corpus (its own seed: the pretraining stream is separate).
-    rng = random.Random(args.seed + 1)
-    tok = train_tokenizer(["".join(document(rng)) + EOS for _ in range(5000)], args.vocab)
-    save_tokenizer(tok, out)
-    tokenizer = Tokenizer.from_pretrained(out)
-
-    # 3. Model and pretraining, in float32.
-    cfg = model_config(args, tokenizer.vocab_size)
-    cfg.raw = config_dict(cfg)
-    model = Transformer(cfg)
-    init_weights(model)
+    if args.writers:
+        document = functools.partial(document, writers=args.writers)
+    if args.init:  # continue pretraining a built model: its tokenizer and weights, the new corpus
+        init = Path(args.init)
+        if not (init / "model.safetensors").is_file():
+            raise FileNotFoundError(f"--init {init}: no model.safetensors there")
+        if init.resolve() == out.resolve():
+            raise ValueError(f"--init and --out are the same folder ({out}): the build would overwrite its start")
+        for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+            shutil.copyfile(init / name, out / name)
+        tokenizer = Tokenizer.from_pretrained(out)
+        model = Transformer.from_pretrained(init, dtype=torch.float32)
+        cfg = model.config
+    else:
+        # 1-2. Tokenizer, trained on a sample of the corpus (its own seed: the pretraining stream is separate).
+        rng = random.Random(args.seed + 1)
+        tok = train_tokenizer(["".join(document(rng)) + EOS for _ in range(5000)], args.vocab)
+        save_tokenizer(tok, out)
+        tokenizer = Tokenizer.from_pretrained(out)
+        # 3. Model, in float32.
+        cfg = model_config(args, tokenizer.vocab_size)
+        cfg.raw = config_dict(cfg)
+        model = Transformer(cfg)
+        init_weights(model)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tokenizer: {tokenizer.vocab_size} tokens | model: {n_params:,} parameters", flush=True)
     pretrain(model, tokenizer, args, document)

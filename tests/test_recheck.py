@@ -98,3 +98,30 @@ def test_toy_build(tmp_path):
     assert "data/tiny_recheck" in text and "| greedy pass@1 |" in text and "| recheck |" in text
     shares = [metrics[f"share_{k}"] for k in recheck.STRATEGIES]
     assert abs(sum(shares) - 1) < 1e-9 and 0 <= metrics["reflection_rate"] <= 1
+
+
+def test_mix_by_hand():
+    mix = build_tiny.parse_mix("careful=0.02, short=0.7,recheck=0.2,superficial=0.08", "recheck")
+    assert list(mix) == list(recheck.WRITERS) and mix["careful"] == 0.02
+    rng = random.Random(0)
+    only = {"short": 0.0, "careful": 0.0, "recheck": 1.0, "superficial": 0.0}
+    assert all(recheck.strategy(recheck.document(rng, only)[1]) == "recheck" for _ in range(50))
+    for bad, message in [("short=1", "give a share"), ("short=0.5,careful=0.5,recheck=0,superficial=0.1", "summing"),
+                         ("short:1", "writer=share")]:
+        with pytest.raises(ValueError, match=message):
+            build_tiny.parse_mix(bad, "recheck")
+    with pytest.raises(ValueError, match="--task recheck only"):
+        build_tiny.parse_mix("short=1", "arithmetic")
+
+
+def test_toy_build_continued_with_another_mix(tmp_path):
+    """--init continues a built model (same tokenizer, its weights as the start) on a corpus of another mix."""
+    first = tmp_path / "first"
+    build_tiny.main(["--task", "recheck", "--toy", "--out", str(first), "--threads", "1"])
+    second = tmp_path / "second"
+    build_tiny.main(["--task", "recheck", "--toy", "--out", str(second), "--threads", "1", "--init", str(first),
+                     "--mix", "short=0.7,careful=0.02,recheck=0.2,superficial=0.08"])
+    assert (second / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
+    assert "--init" in (second / "README.md").read_text()
+    with pytest.raises(FileNotFoundError, match="--init"):
+        build_tiny.main(["--task", "recheck", "--toy", "--out", str(tmp_path / "x"), "--init", str(tmp_path / "none")])

@@ -20,11 +20,18 @@ long self-checking strategy that is sometimes right, as Oat-Zero found real base
 guess is the majority, so greedy decoding guesses (and is wrong); reflection is a minority and much of it is
 superficial. Nothing in the reward mentions length or reflection, but a reflecting completion is right when
 its re-check does the columns, so GRPO raises reflection, and with it length, because the right strategy is
-the long one. The careful writer is also right, and shorter; it is rare, and it differs from the others at the
-first token, where it competes with the whole family of guess-first completions, the right rechecks among
-them. The reflection is decided after the guess, between "answer now" (always wrong) and "re-check" (often
-right): the gap in reward is widest there, and so is the push (nanor1/grpo.py: the gradient on a choice is its
-probability times its advantage).
+the long one. The careful writer is also right, and shorter: with the same reward per right answer, GRPO
+ends up preferring it whenever it is common enough to be found, and reflection then dies out again.
+
+How data/tiny_recheck was built (its README has both commands and figures). Stage 1 pretrains from nothing on
+WRITERS (careful 8%): enough column documents (careful + recheck, 28%) for the 0.84M-parameter model to learn
+to add; a first build with 25% column documents (careful 3%) never did (its samples were right 0.4% of the
+time). Stage 2 continues that model for 200 steps on the mix short 0.70, careful 0.02, recheck 0.20,
+superficial 0.08 (build_tiny.py --init --mix): careful becomes rare (1.8% of samples) while the columns stay
+learnt (sampled re-checks right 83% of the time, careful ones 76%). On the stage-1 base, where careful is 8% of
+the samples, GRPO raised reflection_rate from 0.28 to about 0.6 by step 20-30, then the careful writer took
+over and reflection fell to 0.01 by step 40 (Dr. GRPO's loss delayed that by some 10 steps); on the stage-2
+base reflection rises to 0.85-0.9 and stays there over 60 steps (BENCHMARKS.md).
 
 Why the guess is random rather than a wrong sum. An earlier design guessed each column's sum mod 10 (the
 carry-forgetting sum, right on carry-free problems). The base learned that the re-check's column sums end in
@@ -36,8 +43,8 @@ import re
 from nanor1.reflection import reflects
 from nanor1.tasks.arithmetic import ANSWER, PROMPT, Arithmetic, solution, train_problem
 
-# Shares of the pretraining documents by writer (they sum to 1): short guesses the majority, so greedy decoding
-# guesses; reflection (recheck + superficial) 30%, a third of it superficial.
+# Shares of the stage-1 pretraining documents by writer (they sum to 1; stage 2's are in the docstring): short
+# guesses the majority, so greedy decoding guesses; reflection (recheck + superficial) 30%, a third superficial.
 WRITERS = {"short": 0.62, "careful": 0.08, "recheck": 0.20, "superficial": 0.10}
 PHRASES = ("Wait, let me re-check:", "Wait, let me check again:", "Let me double-check:")
 MARKERS = ("wait", "re-check", "check again", "double-check")  # the words of PHRASES
@@ -66,12 +73,12 @@ def completion(a, b, writer, rng):
     return f"{first} {phrase} yes, {g}." + ANSWER.format(answer=g)  # superficial
 
 
-def document(rng):
+def document(rng, writers=None):
     """One pretraining document as (prompt, completion): a training problem and one writer's completion,
-    the writer drawn with probability its share."""
+    the writer drawn with probability its share in `writers` (default WRITERS)."""
     a, b = train_problem(rng)
     u, acc = rng.random(), 0.0
-    for writer, share in WRITERS.items():  # the writer whose share covers u (the last absorbs rounding)
+    for writer, share in (writers or WRITERS).items():  # the writer whose share covers u (the last absorbs rounding)
         acc += share
         if u < acc:
             break
