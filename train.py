@@ -398,7 +398,9 @@ class Log:
             self.say(f"warning: step {row['step']}: {row['skipped_steps']} of {row['opt_steps']} optimiser steps "
                      "skipped: the gradient norm was not finite")
         fields = [f"step {row['step']:4d}", f"reward {row['reward']:.3f}", f"acc {row['accuracy']:.3f}",
-                  f"len {row['response_length']:5.1f}", f"refl {row['reflection_rate'] or 0:.2f}"]
+                  f"len {row['response_length']:5.1f}"]
+        if row.get("reflection_rate") is not None:  # share of completions with a self-check marker
+            fields.append(f"refl {row['reflection_rate']:.2f}")
         if "kl" in row:
             fields.append(f"kl {row['kl']:.4f}")
         if "entropy" in row:
