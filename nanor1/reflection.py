@@ -1,7 +1,7 @@
 """Reflection metrics: how often completions check themselves, and whether the checking pays.
 
     counts = reflection_counts(texts, correct, task.reflection_markers)   # integers: they add up over ranks
-    m = reflection_rates(counts)   # reflection_rate, accuracy_reflect, accuracy_no_reflect, superficial_reflection_rate
+    m = reflection_rates(counts, len(texts))   # the four metrics below (counts summed over ranks first)
 
 A completion *reflects* when it holds at least one marker, matched case-insensitively as a whole word or
 phrase: "wait" matches "Wait," and "wait." but not "waiter" or "await"; a space inside a marker matches any
