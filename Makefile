@@ -1,12 +1,13 @@
 # nanoR1. Two commands do all the set-up on a fresh machine:
 #   make test    create .venv (once), install the dev requirements, run the fast tests
-#   make train   create .venv (once), install the runtime requirements, run the demo (python train.py)
+#   make train   create .venv (once), install the runtime requirements, run the reflection demo
+#                (python train.py --config data/tiny_recheck/demo.toml); make train-carry: the carry demo
 # Bring your own environment (a GPU box with its own torch, no network): make test PYTHON=python3
 VENV := .venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test test-slow train sample loc bench clean
+.PHONY: test test-slow train train-carry sample loc bench clean
 
 $(VENV)/.runtime: requirements.txt
 	python3 -m venv $(VENV)
@@ -29,7 +30,12 @@ test: $(DEV_DEPS)
 test-slow: $(DEV_DEPS)
 	$(PYTHON) -m pytest -q -m slow $(PYTEST_ARGS) tests
 
+# The reflection demo (issue 23): accuracy, length and self-checking grow together (README, "The demo").
 train: $(RUN_DEPS)
+	$(PYTHON) train.py --config data/tiny_recheck/demo.toml $(ARGS)
+
+# The carry demo (issue 12): train.py's defaults, data/tiny learns to carry the one.
+train-carry: $(RUN_DEPS)
 	$(PYTHON) train.py $(ARGS)
 
 sample: $(RUN_DEPS)

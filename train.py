@@ -32,6 +32,7 @@ from nanor1.evaluate import evaluate
 from nanor1.model import load_model_and_tokenizer
 from nanor1.ppo import CriticLearner, load_critic
 from nanor1.precision import choose as choose_precision
+from nanor1.reflection import REFLECTION_MARKERS, reflection_counts, reflection_rates
 from nanor1.rollout import Stop, check_memory
 from nanor1.schedule import length_at, lr_at, parse_length_schedule
 from nanor1.step import PolicyLearner, Run, Sums, collect, score, update
@@ -332,6 +333,9 @@ def step_metrics(run, sums, groups, generated, seen, step):
         r = torch.tensor([s.reward for s in generated], dtype=torch.float64).view(-1, run.cfg.group_size)  # (P, G)
         sums.add(generated_groups=len(r), reward_std=r.std(1).sum() if len(r) else 0.0,
                  zero_adv_groups=(r == r[:, :1]).all(1).sum())
+    # counts of reflecting completions (nanor1/reflection.py); counts add over ranks, the rates come after
+    markers = getattr(task, "reflection_markers", REFLECTION_MARKERS)  # a duck-typed task need not name any
+    sums.add(**reflection_counts([s.text for s in generated], [task.is_correct(s.reward) for s in generated], markers))
     if run.cfg.dynamic_sampling:  # the kept groups alone, beside everything generated
         kept = [s for g in groups for s in g]
         sums.add(kept=len(kept), reward_kept=sum(s.reward for s in kept),
@@ -341,6 +345,7 @@ def step_metrics(run, sums, groups, generated, seen, step):
     row = {"step": step, "reward": t["reward"] / n, "accuracy": t["correct"] / n,
            "response_length": t["completion_tokens"] / n, "completions": int(t["completions"]),
            "groups": int(t["groups"])}
+    row.update(reflection_rates(t, int(t["completions"])))  # None where no completion (or all) reflect
     per_token = lambda k, n_key="tokens": t[k] / max(t[n_key], 1)  # noqa: E731
     if "tokens_sampled" in t:
         row.update(entropy=per_token("entropy", "tokens_sampled"), logprob_mismatch=per_token("mismatch", "tokens_sampled"))
@@ -431,6 +436,8 @@ class Log:
                   f"len {row['response_length']:5.1f}"]
         if cfg.max_completion_len_schedule:  # DeepScaleR's stages: the budget this step sampled with
             fields.append(f"budget {row['max_completion_len']}")
+        if row.get("reflection_rate") is not None:  # share of completions with a self-check marker
+            fields.append(f"refl {row['reflection_rate']:.2f}")
         if "kl" in row:
             fields.append(f"kl {row['kl']:.4f}")
         if "entropy" in row:

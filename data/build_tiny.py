@@ -1,11 +1,16 @@
-"""Build the tiny base model in data/tiny/ from nothing: tokenizer, Qwen2 config, pretraining, evaluation.
+"""Build a tiny base model from nothing: tokenizer, Qwen2 config, pretraining, evaluation.
 
-    .venv/bin/python data/build_tiny.py                       # the shipped build (see data/tiny/README.md)
+    .venv/bin/python data/build_tiny.py                       # data/tiny, the shipped build (its README.md)
+    .venv/bin/python data/build_tiny.py --task recheck --steps 700 --warmup 50    # data/tiny_recheck
     .venv/bin/python data/build_tiny.py --toy --out /tmp/toy  # seconds: the end-to-end test
+
+`--task` names the corpus: nanor1/tasks/<task>.py's `document(rng)` writes it and the task holds the held-out
+split. `arithmetic` (data/tiny): two writers, one forgets to carry. `recheck` (data/tiny_recheck): four
+writers, among them one that re-checks its guess (see nanor1/tasks/recheck.py).
 
 It takes the path a real Qwen checkpoint takes, so everything downstream (loading, rollouts, GRPO) runs
 unchanged on it:
-1. Corpus: documents `prompt + completion` from nanor1/tasks/arithmetic.py (two writers: see its docstring).
+1. Corpus: documents `prompt + completion` from the task's module (its docstring describes the writers).
 2. Tokenizer: byte-level BPE trained with `tokenizers`, Qwen2's pre-tokenizer (one digit per token, which
    is what lets a small model add column by column), `<|endoftext|>` as EOS and pad.
 3. Model: a Qwen2 config (QKV bias, tied embeddings, GQA) built in code; nanor1's Transformer pretrained
@@ -18,10 +23,13 @@ Reproducible: the corpus comes from one seeded `random.Random`, torch from `torc
 thread count is fixed (float sums, hence the weights, depend on it).
 """
 import argparse
+import functools
+import importlib
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,6 +42,8 @@ from tokenizers import Tokenizer as HFTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from nanor1.tasks import arithmetic  # noqa: E402
 from nanor1.model import ModelConfig, Transformer  # noqa: E402
+from nanor1.reflection import reflection_metrics  # noqa: E402
+from nanor1.tasks import get_task  # noqa: E402
 from nanor1.tokenizer import Tokenizer  # noqa: E402
 from nanor1.weights import config_dict  # noqa: E402
 
@@ -43,11 +53,13 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # Qwen's three; only the first is used here
 EOS = "<|endoftext|>"
+OUT = {"arithmetic": "data/tiny", "recheck": "data/tiny_recheck"}  # --task -> the default --out
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="data/tiny", help="output folder (HF layout)")
+    p.add_argument("--task", default="arithmetic", choices=sorted(OUT), help="the corpus and held-out split")
+    p.add_argument("--out", default=None, help="output folder (HF layout); default data/tiny or data/tiny_recheck")
     p.add_argument("--seed", type=int, default=0, help="seeds the corpus, the init and the samples")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the weights depend on it)")
     p.add_argument("--vocab", type=int, default=384, help="BPE vocabulary cap, special tokens included (a corpus this "
@@ -64,13 +76,33 @@ def parse_args(argv=None):
     p.add_argument("--eval_size", type=int, default=500, help="held-out problems evaluated (the first N)")
     p.add_argument("--samples", type=int, default=8, help="k of pass@k, sampled at temperature 1")
     p.add_argument("--max_new_tokens", type=int, default=64, help="generation budget per completion")
+    p.add_argument("--init", default="", help="continue pretraining this built model (its tokenizer and weights) "
+                   "instead of starting from nothing")
+    p.add_argument("--mix", default="", help="recheck only: the writers' shares, e.g. short=0.7,careful=0.02,"
+                   "recheck=0.2,superficial=0.08 (default nanor1/tasks/recheck.py's WRITERS)")
     p.add_argument("--toy", action="store_true", help="a seconds-long build for tests (overrides sizes)")
     args = p.parse_args(argv)
+    args.writers = parse_mix(args.mix, args.task) if args.mix else None
+    args.out = args.out or OUT[args.task]
     if args.toy:  # every stage runs, at a size where nothing is learned
         args.vocab, args.hidden, args.layers, args.heads, args.kv_heads, args.mlp = 300, 32, 1, 2, 1, 64
         args.steps, args.batch, args.warmup, args.eval_size, args.samples = 20, 16, 5, 16, 2
         args.max_new_tokens = 16
     return args
+
+
+def parse_mix(text, task):
+    """--mix "short=0.7,careful=0.02,..." -> {writer: share}: every writer of recheck.WRITERS, shares summing to 1."""
+    from nanor1.tasks import recheck
+    if task != "recheck":
+        raise ValueError(f"--mix applies to --task recheck only, not {task!r}")
+    try:
+        mix = {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise ValueError(f"--mix {text!r}: want writer=share pairs separated by commas") from None
+    if set(mix) != set(recheck.WRITERS) or abs(sum(mix.values()) - 1) > 1e-9 or min(mix.values()) < 0:
+        raise ValueError(f"--mix {text!r}: give a share >= 0 to each of {list(recheck.WRITERS)}, summing to 1")
+    return {w: mix[w] for w in recheck.WRITERS}  # WRITERS' order: the draw in document() walks it
 
 
 def train_tokenizer(texts, vocab_size):
@@ -121,11 +153,11 @@ def init_weights(model):
             torch.nn.init.normal_(p, 0.0, std)
 
 
-def batches(tokenizer, args):
+def batches(tokenizer, args, document):
     """Per step: (ids, targets), both (B, T); one document per row, right-padded, target -100 on padding."""
     rng, eos = random.Random(args.seed), tokenizer.eos_token_id
     for _ in range(args.steps):
-        docs = [arithmetic.document(rng) for _ in range(args.batch)]
+        docs = [document(rng) for _ in range(args.batch)]
         # Prompt and completion encoded apart, as a rollout sees them (the prompt is encoded alone).
         prompts = tokenizer.encode_batch([p for p, _ in docs])
         completions = tokenizer.encode_batch([c for _, c in docs])
@@ -140,14 +172,14 @@ def batches(tokenizer, args):
         yield ids, targets
 
 
-def pretrain(model, tokenizer, args):
+def pretrain(model, tokenizer, args, document):
     """Next-token cross-entropy with AdamW, the usual small-GPT recipe (nanoGPT's betas and decay split)."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]  # matrices; not norms or biases
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
     t0 = time.time()
-    for step, (ids, targets) in enumerate(batches(tokenizer, args)):
+    for step, (ids, targets) in enumerate(batches(tokenizer, args, document)):
         # linear warm-up, then cosine from lr down to lr / 10
         frac = min(1.0, (step + 1) / args.warmup)
         progress = max(0.0, (step - args.warmup) / max(1, args.steps - args.warmup))
@@ -166,10 +198,10 @@ def pretrain(model, tokenizer, args):
 
 @torch.no_grad()
 def evaluate(model, tokenizer, args):
-    """Greedy pass@1 and sampled pass@k (k = args.samples, temperature 1) on the held-out split, and how
-    often the model carries on the problems that need a carry (the careful writer's behaviour)."""
+    """Greedy pass@1 and sampled pass@k (k = args.samples, temperature 1) on the held-out split, then the
+    task's own figures: how often it carries (arithmetic) or which writer it imitates (recheck)."""
     from nanor1.rollout import Stop, generate
-    task = arithmetic.Arithmetic()
+    task = get_task(args.task)
     rows = task.eval_rows()[:args.eval_size]
     prompts = [tokenizer.encode(task.prompt(r, tokenizer)) for r in rows]
     kw = dict(stop=Stop(eos=tokenizer.eos_token_ids, strings=task.stop, decode=tokenizer.decode))
@@ -179,18 +211,33 @@ def evaluate(model, tokenizer, args):
                                               seed=args.seed, **kw).tokens)
     g_ok = [task.is_correct(task.reward(c, r)) for c, r in zip(greedy, rows)]
     s_ok = [task.is_correct(task.reward(c, rows[i // k])) for i, c in enumerate(sampled)]
-    need = [arithmetic.has_carry(r["a"], r["b"]) for r in rows]
+    need = [arithmetic.has_carry(r["a"], r["b"]) for r in rows]  # both tasks add two numbers
+    first_carry = need.index(True) if any(need) else 0
+    metrics = {
+        "problems": len(rows),
+        "greedy_pass@1": sum(g_ok) / len(rows),
+        f"pass@{k}": sum(any(s_ok[i * k:(i + 1) * k]) for i in range(len(rows))) / len(rows),
+        "sampled_accuracy": sum(s_ok) / len(s_ok),
+        "completion_tokens": sum(len(tokenizer.encode(c)) for c in sampled) / len(sampled),
+        "greedy_examples": [task.prompt(r, tokenizer) + c for r, c in zip(rows[:2], greedy[:2])],
+        "sampled_examples": [task.prompt(rows[first_carry], tokenizer) + c
+                             for c in sampled[first_carry * k:first_carry * k + 4]],
+    }
+    if args.task == "arithmetic":
+        metrics.update(carry_metrics(model, tokenizer, task, rows, need, greedy, sampled, s_ok, k))
+    else:
+        metrics.update(strategy_metrics(tokenizer, task, greedy, sampled, s_ok))
+    return metrics
+
+
+def carry_metrics(model, tokenizer, task, rows, need, greedy, sampled, s_ok, k):
+    """arithmetic: how often the model carries on the problems that need a carry (the careful writer)."""
     s_need = [(ok, arithmetic.carried(c)) for i, (ok, c) in enumerate(zip(s_ok, sampled)) if need[i // k]]
     s_carried = [ok for ok, c in s_need if c]
     n_need = max(1, sum(need))
     decision, follows = carry_decision(model, tokenizer, task, [r for r, nd in zip(rows, need) if nd])
     decision, follows = decision or [0.0], follows or [False]  # no carry problem among the first N
-    first_carry = need.index(True) if any(need) else 0
     return {
-        "problems": len(rows),
-        "greedy_pass@1": sum(g_ok) / len(rows),
-        f"pass@{k}": sum(any(s_ok[i * k:(i + 1) * k]) for i in range(len(rows))) / len(rows),
-        "sampled_accuracy": sum(s_ok) / len(s_ok),
         "carry_free_share": 1 - sum(need) / len(rows),
         "greedy_carries": sum(arithmetic.carried(c) for c, nd in zip(greedy, need) if nd) / n_need,
         "sampled_carries": len(s_carried) / max(1, len(s_need)),
@@ -198,10 +245,6 @@ def evaluate(model, tokenizer, args):
         "p_carry_mean": sum(decision) / len(decision),
         "p_carry_max": max(decision),
         "careful_path_greedy": sum(follows) / len(follows),
-        "completion_tokens": sum(len(tokenizer.encode(c)) for c in sampled) / len(sampled),
-        "greedy_examples": [task.prompt(r, tokenizer) + c for r, c in zip(rows[:2], greedy[:2])],
-        "sampled_examples": [task.prompt(rows[first_carry], tokenizer) + c
-                             for c in sampled[first_carry * k:first_carry * k + 4]],
     }
 
 
@@ -223,22 +266,47 @@ def carry_decision(model, tokenizer, task, rows):
     return probs, follows
 
 
+def strategy_metrics(tokenizer, task, greedy, sampled, s_ok):
+    """recheck: the share of each writer's strategy among greedy and sampled completions (tasks/recheck.py's
+    `strategy`), the sampled ones' accuracy and length by strategy, and the reflection metrics of the samples."""
+    from nanor1.tasks import recheck
+    g_kind = [recheck.strategy(c) for c in greedy]
+    s_kind = [recheck.strategy(c) for c in sampled]
+    lengths = [len(tokenizer.encode(c)) for c in sampled]
+    m = {}
+    for kind in recheck.STRATEGIES:
+        idx = [i for i, x in enumerate(s_kind) if x == kind]
+        m[f"greedy_share_{kind}"] = g_kind.count(kind) / len(greedy)
+        m[f"share_{kind}"] = len(idx) / len(sampled)
+        m[f"accuracy_{kind}"] = sum(s_ok[i] for i in idx) / len(idx) if idx else None
+        m[f"tokens_{kind}"] = sum(lengths[i] for i in idx) / len(idx) if idx else None
+    m.update(reflection_metrics(sampled, s_ok, task.reflection_markers))
+    return m
+
+
 def write_readme(out, args, argv, cfg, n_tokens, n_params, wall, metrics):
     size = sum(f.stat().st_size for f in out.iterdir() if f.name != "README.md")
     k = args.samples
     cmd = " ".join(["python data/build_tiny.py"] + argv)
     examples = "\n\n".join(metrics["greedy_examples"])
     samples = "\n\n".join(metrics["sampled_examples"])
-    text = f"""# data/tiny: the tiny base model nanoR1 ships
-
-Built from nothing by `data/build_tiny.py` (tokenizer, Qwen2 config, pretraining on a synthetic corpus),
-for the task `arithmetic` (nanor1/tasks/arithmetic.py: add two 2- or 3-digit numbers). This file is written by
-the script; the numbers below are that run's.
+    if args.task == "arithmetic":
+        intro, rows, why = arithmetic_text(metrics, k)
+    else:
+        intro, rows, why = recheck_text(metrics, k, args.writers)
+    start, start_readme = "", ""
+    if args.init:  # a continued build: name its start, and carry the start's own README along
+        start = f"| continued from | `{args.init}` (a build of this script: its README is appended below) |\n"
+        prev = Path(args.init) / "README.md"
+        if prev.is_file():
+            start_readme = (f"\n## The start: {args.init}\n\n" +
+                            prev.read_text().replace("\n# ", "\n### ").replace("# ", "### ", 1))
+    text = f"""{intro}
 
 | | |
 |---|---|
 | command | `{cmd}` |
-| seed, threads | {args.seed}, {args.threads} |
+{start}| seed, threads | {args.seed}, {args.threads} |
 | machine | {machine()} |
 | wall time | {wall:.0f} s (tokenizer, pretraining, evaluation) |
 | architecture | qwen2: {args.layers} layers, C={args.hidden}, {args.heads} query / {args.kv_heads} kv heads, MLP {args.mlp}, tied embeddings |
@@ -254,18 +322,8 @@ Held-out test split ({metrics['problems']} fixed problems, disjoint from the cor
 | greedy pass@1 | {metrics['greedy_pass@1']:.3f} |
 | pass@{k} (temperature 1) | {metrics[f'pass@{k}']:.3f} |
 | sampled accuracy (temperature 1) | {metrics['sampled_accuracy']:.3f} |
-| problems without any carry | {metrics['carry_free_share']:.3f} |
-| on problems that need a carry, completions that carry: greedy / sampled | {metrics['greedy_carries']:.3f} / {metrics['sampled_carries']:.3f} |
-| accuracy of the sampled completions that carry | {metrics['sampled_carried_accuracy']:.3f} |
-| P(carry) where the writers first differ, mean / max over problems that need a carry | {metrics['p_carry_mean']:.3f} / {metrics['p_carry_max']:.3f} |
-| teacher-forced on the careful solution, greedy follows it at every other token (problems that need a carry) | {metrics['careful_path_greedy']:.3f} |
-| mean sampled completion length | {metrics['completion_tokens']:.1f} tokens |
-
-Why greedy is weak and pass@{k} strong: every corpus document adds column by column, but only
-{arithmetic.CAREFUL_SHARE:.0%} of them carry the one; the rest forget every carry. Greedy decoding follows the
-majority and is right only on carry-free problems; samples carry often enough to find the answer. GRPO
-rewards the completions that carry; once greedy decoding carries, it can score about the teacher-forced
-row above on the problems that need a carry (and the carry-free ones stay right).
+{rows}
+{why}
 
 Greedy completions:
 
@@ -278,8 +336,69 @@ Samples at temperature 1 (the first problem that needs a carry):
 ```
 {samples}
 ```
-"""
+{start_readme}"""
     (out / "README.md").write_text(text)
+
+
+def arithmetic_text(m, k):
+    """data/tiny's README: its title, its rows of the metric table, and why greedy is weak."""
+    intro = """# data/tiny: the tiny base model nanoR1 ships
+
+Built from nothing by `data/build_tiny.py` (tokenizer, Qwen2 config, pretraining on a synthetic corpus),
+for the task `arithmetic` (nanor1/tasks/arithmetic.py: add two 2- or 3-digit numbers). This file is written by
+the script; the numbers below are that run's."""
+    rows = f"""| problems without any carry | {m['carry_free_share']:.3f} |
+| on problems that need a carry, completions that carry: greedy / sampled | {m['greedy_carries']:.3f} / {m['sampled_carries']:.3f} |
+| accuracy of the sampled completions that carry | {m['sampled_carried_accuracy']:.3f} |
+| P(carry) where the writers first differ, mean / max over problems that need a carry | {m['p_carry_mean']:.3f} / {m['p_carry_max']:.3f} |
+| teacher-forced on the careful solution, greedy follows it at every other token (problems that need a carry) | {m['careful_path_greedy']:.3f} |
+| mean sampled completion length | {m['completion_tokens']:.1f} tokens |
+"""
+    why = f"""Why greedy is weak and pass@{k} strong: every corpus document adds column by column, but only
+{arithmetic.CAREFUL_SHARE:.0%} of them carry the one; the rest forget every carry. Greedy decoding follows the
+majority and is right only on carry-free problems; samples carry often enough to find the answer. GRPO
+rewards the completions that carry; once greedy decoding carries, it can score about the teacher-forced
+row above on the problems that need a carry (and the carry-free ones stay right)."""
+    return intro, rows, why
+
+
+def recheck_text(m, k, writers=None):
+    """data/tiny_recheck's README: its title, its rows of the metric table, the strategy table and why."""
+    from nanor1.tasks import recheck
+    intro = """# data/tiny_recheck: a tiny base that sometimes re-checks itself
+
+Built from nothing by `data/build_tiny.py --task recheck` (tokenizer, Qwen2 config, pretraining on a synthetic
+corpus), for the task `recheck` (nanor1/tasks/recheck.py: data/tiny's additions, written by four writers,
+one of which guesses, then re-checks). This file is written by the script; the numbers below are that run's."""
+    rows = f"""| mean sampled completion length | {m['completion_tokens']:.1f} tokens |
+| reflection_rate (samples holding a marker: {', '.join(recheck.MARKERS)}) | {m['reflection_rate']:.3f} |
+| accuracy_reflect / accuracy_no_reflect | {_f(m['accuracy_reflect'])} / {_f(m['accuracy_no_reflect'])} |
+| superficial_reflection_rate (reflecting samples that end wrong) | {_f(m['superficial_reflection_rate'])} |
+"""
+    corpus = {**(writers or recheck.WRITERS), "other": 0.0}  # the --mix of this build, if it had one
+    table = "\n".join(f"| {kind} | {corpus[kind]:.2f} | {m[f'share_{kind}']:.3f} | {m[f'greedy_share_{kind}']:.3f} | "
+                      f"{_f(m[f'accuracy_{kind}'])} | {_f(m[f'tokens_{kind}'], 1)} |" for kind in recheck.STRATEGIES)
+    why = f"""Strategies, as nanor1/tasks/recheck.py's `strategy` reads a completion: the share of corpus
+documents, of samples (temperature 1) and of greedy completions, then the samples' accuracy and mean length in
+tokens. "recheck" and "superficial" both hold a marker (the first does columns after it, the second repeats
+the guess); "other" is anything else (a garbled sample).
+
+| strategy | corpus | sampled | greedy | sampled accuracy | sampled tokens |
+|---|---|---|---|---|---|
+{table}
+
+Why greedy is weak and pass@{k} strong: greedy decoding follows the majority writer, the short guess, a random
+number of about the right size, right by luck only. Samples take the other paths often enough: the careful
+columns, and the re-check after the guess, are right unless the model slips on a column (the corpus slips on
+{arithmetic.SLIP_RATE:.0%} of them; the model more often); the superficial re-check is as wrong as the guess. A reward
+that checks only the final sum therefore favours the long completions, among them the self-checking ones: RL
+can select them, not invent them."""
+    return intro, rows, why
+
+
+def _f(x, digits=3):
+    """A metric that may be None (an empty subset), for the README."""
+    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def machine():
@@ -299,21 +418,34 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    # 1-2. Tokenizer, trained on a sample of the corpus (its own seed: the pretraining stream is separate).
-    rng = random.Random(args.seed + 1)
-    tok = train_tokenizer(["".join(arithmetic.document(rng)) + EOS for _ in range(5000)], args.vocab)
-    save_tokenizer(tok, out)
-    tokenizer = Tokenizer.from_pretrained(out)
-
-    # 3. Model and pretraining, in float32.
-    cfg = model_config(args, tokenizer.vocab_size)
-    cfg.raw = config_dict(cfg)
-    model = Transformer(cfg)
-    init_weights(model)
+    document = importlib.import_module(f"nanor1.tasks.{args.task}").document  # the corpus writer
+    if args.writers:
+        document = functools.partial(document, writers=args.writers)
+    if args.init:  # continue pretraining a built model: its tokenizer and weights, the new corpus
+        init = Path(args.init)
+        if not (init / "model.safetensors").is_file():
+            raise FileNotFoundError(f"--init {init}: no model.safetensors there")
+        if init.resolve() == out.resolve():
+            raise ValueError(f"--init and --out are the same folder ({out}): the build would overwrite its start")
+        for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+            shutil.copyfile(init / name, out / name)
+        tokenizer = Tokenizer.from_pretrained(out)
+        model = Transformer.from_pretrained(init, dtype=torch.float32)
+        cfg = model.config
+    else:
+        # 1-2. Tokenizer, trained on a sample of the corpus (its own seed: the pretraining stream is separate).
+        rng = random.Random(args.seed + 1)
+        tok = train_tokenizer(["".join(document(rng)) + EOS for _ in range(5000)], args.vocab)
+        save_tokenizer(tok, out)
+        tokenizer = Tokenizer.from_pretrained(out)
+        # 3. Model, in float32.
+        cfg = model_config(args, tokenizer.vocab_size)
+        cfg.raw = config_dict(cfg)
+        model = Transformer(cfg)
+        init_weights(model)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tokenizer: {tokenizer.vocab_size} tokens | model: {n_params:,} parameters", flush=True)
-    pretrain(model, tokenizer, args)
+    pretrain(model, tokenizer, args, document)
     model.save_pretrained(out)
 
     # 4. Evaluate the files as shipped.

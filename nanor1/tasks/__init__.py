@@ -15,6 +15,7 @@ with a timeout per completion: see `nanor1.verifier.Verifier`.
     multiplication.py  TinyZero's multiplication
     mathqa.py      GSM8K and MATH (+ MATH-500, AIME24, AMC23)
     arithmetic.py  the tiny base's addition task
+    recheck.py     the same additions, by four writers, one of which re-checks its guess (data/tiny_recheck)
 
 Templates. `base` is plain text for base models, ending where the model should start writing; `instruct` is
 ChatML written by `tokenizer.apply_chat_template`, for instruct models. Rollouts may stop on `task.stop`:
@@ -47,7 +48,7 @@ Splits (fixed; `eval_rows(split)`):
 - math: train = MATH train (7470, from DeepScaleR, empty answers dropped); eval "math500" (default, 500),
   "aime24" (30), "amc23" (40). Tasks `math500`, `aime24`, `amc23` are `math` with that default eval split.
 
-- arithmetic: the shipped tiny base's synthetic task (arithmetic.py).
+- arithmetic: the shipped tiny base's synthetic task (arithmetic.py); recheck: the same rows (recheck.py).
 
 A new task is a `Task` subclass (base.py: a name, templates, load(split), prompt, extract, reward) in a module
 of this package, and one entry in `TASKS` below: the registry is that list, nothing registers itself at import.
@@ -58,9 +59,10 @@ from nanor1.tasks.countdown import Countdown
 from nanor1.tasks.jsonl import JsonlTask, RewardFn
 from nanor1.tasks.mathqa import AIME24, AMC23, GSM8K, MATH, MATH500
 from nanor1.tasks.multiplication import Multiplication
+from nanor1.tasks.recheck import Recheck
 
-TASKS = {cls.name: cls for cls in (Arithmetic, Countdown, Multiplication, GSM8K, MATH, MATH500, AIME24, AMC23,
-                                   JsonlTask)}
+TASKS = {cls.name: cls for cls in (Arithmetic, Recheck, Countdown, Multiplication, GSM8K, MATH, MATH500, AIME24,
+                                   AMC23, JsonlTask)}
 
 
 def get_task(name, template=None, data_dir=None, grader="builtin", reward_fn="", **jsonl):

@@ -2,6 +2,7 @@
 import json
 import os
 
+from nanor1.reflection import REFLECTION_MARKERS
 from nanor1.verify import answers_match, check_grader
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
@@ -39,6 +40,7 @@ class Task:
     templates = ("base", "instruct")  # the first is the default
     eval_splits = ("test",)  # the first is the default
     completion_len = 1024  # sample.py's default generation budget on this task
+    reflection_markers = REFLECTION_MARKERS  # words that mark a self-check (nanor1/reflection.py); a task may differ
     graders = ("builtin",)  # answer comparisons the reward can use (verify.answers_match); the first is the default
 
     def __init__(self, template=None, data_dir=None, grader="builtin"):
