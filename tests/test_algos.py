@@ -13,27 +13,14 @@ import train
 from nanor1 import step as rl
 from nanor1.config import TrainConfig
 from nanor1.distributed import Dist
+from tests.test_checkpoint import metrics, run  # a short run on the tiny base, its metrics without timings
 from tests.tiny import hf_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "data" / "tiny"
 pytestmark = pytest.mark.skipif(not (TINY / "model.safetensors").is_file(), reason="data/tiny not built")
-TIMINGS = {"rollout_s", "train_s"}
 PPO_METRICS = ("value_loss", "value_clip_frac", "explained_variance", "values_mean", "returns_mean",
                "critic_grad_norm")
-
-
-def run(out, *extra):
-    """A short run: 4 prompts x 4 completions of at most 24 tokens, 8 held-out problems."""
-    args = ["--model", str(TINY), "--out", str(out), "--prompts_per_step", "4", "--group_size", "4",
-            "--max_completion_len", "24", "--eval_size", "8", "--eval_every", "2", "--lr", "1e-3",
-            "--threads", "1", "--log_samples_every", "0", *extra]
-    return train.main(args)
-
-
-def metrics(out):
-    rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
 
 
 def test_ppo_resume_with_a_critic_continues_exactly(tmp_path):
