@@ -101,24 +101,40 @@ class Streamer:
             self.shown = now
 
 
+def new_file(flag, name):
+    """The JSON-lines file `flag` names, checked before any sampling: a folder or an existing file is an error
+    (nothing already written is lost)."""
+    out = Path(name)
+    if out.is_dir():
+        raise ValueError(f"{flag} {out} is a folder: sample.py writes one JSON-lines file")
+    if out.exists():
+        raise ValueError(f"{flag} {out} exists: give a new file name (or delete it)")
+    return out
+
+
+def write_jsonl(out, rows):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def sample_rows(cfg, model, tok, task, prec, budget, rows, temperature):
+    """--num_samples completions of each row, rewarded by the task in its verifier worker: (summary, records)."""
+    with Verifier(task) as verifier:
+        return evaluate(model, tok, task, rows, verifier, prec, budget, num_samples=cfg.num_samples,
+                        temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k, batch_size=cfg.batch_size,
+                        seed=cfg.seed)
+
+
 def run_eval(cfg, path, model, tok, task, prec, budget):
     rows = list(task.eval_rows(cfg.split or None))
     rows = rows[:cfg.limit] if cfg.limit else rows
     temperature = 0.0 if cfg.temperature < 0 else cfg.temperature
-    out = Path(cfg.out or time.strftime(f"out/eval-{task.name}-%Y%m%d-%H%M%S.jsonl"))
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder: --eval writes one JSON-lines file there")
-    if out.exists():  # checked before the evaluation, not after: nothing already written is lost
-        raise ValueError(f"--out {out} exists: give a new file name (or delete it)")
+    out = new_file("--out", cfg.out or time.strftime(f"out/eval-{task.name}-%Y%m%d-%H%M%S.jsonl"))
     t0 = time.time()
-    with Verifier(task) as verifier:
-        summary, records = evaluate(model, tok, task, rows, verifier, prec, budget, num_samples=cfg.num_samples,
-                                    temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                    batch_size=cfg.batch_size, seed=cfg.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+    summary, records = sample_rows(cfg, model, tok, task, prec, budget, rows, temperature)
+    write_jsonl(out, records)
     ks = " ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("pass@"))
     print(f"{task.name} ({cfg.split or task.eval_splits[0]}): {summary['problems']} problems x "
           f"{summary['samples_per_problem']} samples, T={temperature}, {budget} new tokens | {ks} | "
@@ -132,23 +148,13 @@ def save_traces(cfg, path, model, tok, task, prec, budget):
     rows = task.train_rows() if split == "train" else task.eval_rows(split)
     rows = rows[:cfg.limit] if cfg.limit else rows
     temperature = 1.0 if cfg.temperature < 0 else cfg.temperature
-    out = Path(cfg.save)
-    if out.is_dir():
-        raise ValueError(f"--save {out} is a folder: --save writes one JSON-lines file")
-    if out.exists():
-        raise ValueError(f"--save {out} exists: give a new file name (or delete it)")
+    out = new_file("--save", cfg.save)
     t0 = time.time()
-    with Verifier(task) as verifier:
-        summary, records = evaluate(model, tok, task, rows, verifier, prec, budget, num_samples=cfg.num_samples,
-                                    temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                    batch_size=cfg.batch_size, seed=cfg.seed)
+    summary, records = sample_rows(cfg, model, tok, task, prec, budget, rows, temperature)
     traces = [{"prompt": task.prompt(row, tok), "completion": c, "reward": x, "id": row["id"]}
               for r in records for row in [rows[r["index"]]] for c, x in zip(r["completions"], r["rewards"])]
     kept = [t for t in traces if task.is_correct(t["reward"]) or not cfg.only_correct]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        for t in kept:
-            f.write(json.dumps(t) + "\n")
+    write_jsonl(out, kept)
     print(f"{task.name} ({split}): {summary['problems']} problems x {summary['samples_per_problem']} samples, "
           f"T={temperature} | {sum(task.is_correct(t['reward']) for t in traces)} of {len(traces)} correct | wrote "
           f"{len(kept)}{' correct' if cfg.only_correct else ''} to {out} | {time.time() - t0:.1f}s | model {path}")
