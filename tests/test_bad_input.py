@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_robustness import entry_point
+from tests.test_robustness import entry_point, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (ROOT / "data/tiny/model.safetensors").is_file(), reason="data/tiny not built")
@@ -34,8 +34,7 @@ pytestmark = pytest.mark.skipif(not (ROOT / "data/tiny/model.safetensors").is_fi
 def test_bad_train_options(tmp_path, monkeypatch, capsys, argv, message):
     out = tmp_path / "run"
     code, err = entry_point("train.py", ["--out", out, "--steps", "1", "--threads", "1", *argv], monkeypatch, capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
+    one_error_line(code, err, message)
     assert not (out / "metrics.jsonl").exists() and not list(out.glob("ckpt-*"))  # nothing blocks a rerun
 
 
@@ -59,8 +58,7 @@ def test_out_that_cannot_be_a_run_folder(tmp_path, monkeypatch, capsys):
 ])
 def test_bad_sample_options(monkeypatch, capsys, argv, message):
     code, err = entry_point("sample.py", ["--model", ROOT / "data" / "tiny", *argv], monkeypatch, capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
+    one_error_line(code, err, message)
 
 
 def test_sample_eval_out_that_is_a_folder(tmp_path, monkeypatch, capsys):

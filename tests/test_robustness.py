@@ -47,6 +47,14 @@ def entry_point(script, argv, monkeypatch, capsys):
     return exit_.value.code, capsys.readouterr().err
 
 
+def one_error_line(code, err, *words):
+    """What every bad input gives at an entry point: exit 2 and exactly one `error:` line holding `words`."""
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
 # ------------------------------------------------------------------------------------- bad model and tokenizer files
 
 MODEL = TINY / "model.safetensors"
@@ -135,10 +143,7 @@ def test_bad_model_folder_is_one_error_line(case, tmp_path, monkeypatch, capsys)
     folder = bad_model(tmp_path, file, content)
     code, err = entry_point("sample.py", ["--model", folder, "--prompt", "1+1=", "--max_new_tokens", "2"],
                             monkeypatch, capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
+    one_error_line(code, err, *words)
 
 
 @needs_tiny
@@ -206,10 +211,7 @@ def test_bad_lora_checkpoint_is_one_error_line(case, tmp_path, monkeypatch, caps
         (ckpt / file).write_bytes(how)
     code, err = entry_point("sample.py", ["--model", ckpt, "--prompt", "1+1=", "--max_new_tokens", "2"],
                             monkeypatch, capsys)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
+    one_error_line(code, err, *words)
 
 
 def test_out_refuses_model_folders_of_every_layout(tmp_path):
@@ -272,8 +274,7 @@ def test_bad_data_through_train_py_is_one_error_line(lines, extra, message, tmp_
     extra = [str(empty) if a == "EMPTY" else a for a in extra]
     code, err = entry_point("train.py", ["--task", "jsonl", "--data", data, *extra, "--out", tmp_path / "run",
                                          "--steps", "1", "--threads", "1"], monkeypatch, capsys)
-    lines_ = err.strip().splitlines()
-    assert code == 2 and len(lines_) == 1 and lines_[0].startswith("error: ") and message in lines_[0], err
+    one_error_line(code, err, message)
     assert not (tmp_path / "run").exists()
 
 
