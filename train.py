@@ -324,8 +324,8 @@ def taken_mean(t, key, prefix=""):
 def step_metrics(run, sums, groups, generated, seen, step):
     """One row of metrics.jsonl: every rank's statistics reduced by name in one collective, then divided out."""
     task, stats = run.task, run.verifier.stats
-    sums.add(completions=len(generated), reward=sum(s.reward for s in generated),
-             correct=sum(task.is_correct(s.reward) for s in generated),
+    correct = [task.is_correct(s.reward) for s in generated]
+    sums.add(completions=len(generated), reward=sum(s.reward for s in generated), correct=sum(correct),
              completion_tokens=sum(len(s.completion) for s in generated), groups=len(groups),
              verifier_timeouts=stats["timeouts"] - seen["timeouts"], verifier_errors=stats["errors"] - seen["errors"],
              verifier_budget_skipped=stats.get("budget_skipped", 0) - seen.get("budget_skipped", 0))
@@ -335,7 +335,7 @@ def step_metrics(run, sums, groups, generated, seen, step):
                  zero_adv_groups=(r == r[:, :1]).all(1).sum())
     # counts of reflecting completions (nanor1/reflection.py); counts add over ranks, the rates come after
     markers = getattr(task, "reflection_markers", REFLECTION_MARKERS)  # a duck-typed task need not name any
-    sums.add(**reflection_counts([s.text for s in generated], [task.is_correct(s.reward) for s in generated], markers))
+    sums.add(**reflection_counts([s.text for s in generated], correct, markers))
     if run.cfg.dynamic_sampling:  # the kept groups alone, beside everything generated
         kept = [s for g in groups for s in g]
         sums.add(kept=len(kept), reward_kept=sum(s.reward for s in kept),
