@@ -210,7 +210,9 @@ def report(records, base):
     if len(sides) == 2:
         pairs = list(zip(by["nanor1"], by["trl"]))
         for k, label in (("step_wall", "wall"), ("step_cpu", "CPU")):
-            print(f"nanoR1 / TRL, s/step {label}, per pair: " + ", ".join(f"{a[k] / b[k]:.2f}x" for a, b in pairs))
+            ratios = [a[k] / b[k] for a, b in pairs]
+            print(f"nanoR1 / TRL, s/step {label}, per pair: " + ", ".join(f"{r:.2f}x" for r in ratios) +
+                  f"; median {statistics.median(ratios):.2f}x")
 
 
 def main():

@@ -39,25 +39,41 @@ from kernels import interpreting, use_triton
 
 # ----------------------------------------------------------------------------- reference (the CPU path)
 
-def decode_attention_ref(q, k_cache, v_cache, lengths):
+def decode_bias(lengths, span):
+    """(B, 1, 1, span) float32: 0 on each row's first lengths[b] slots, -inf past them. A decode step makes it once
+    and every layer adds it to its scores (decode_attention's `bias`): one op per layer instead of the mask's
+    and the bounds' five."""
+    past = torch.arange(span, device=lengths.device) >= lengths[:, None]  # (B, span)
+    return torch.zeros(past.shape, device=lengths.device).masked_fill_(past, -math.inf)[:, None, None, :]
+
+
+def decode_attention_ref(q, k_cache, v_cache, lengths, bias=None):
     """Plain torch, garbage-safe. q (B, H, D), caches (B, K, S, D), lengths (B,). Returns (B, H, D).
-    Computes in float32 (float64 if q is float64) and returns q's dtype."""
+    Computes in float32 (float64 if q is float64) and returns q's dtype. With `bias` (decode_bias(lengths, span),
+    span >= every length) the bounds and garbage checks are the caller's: slots past each length must hold
+    finite values (nanor1's KVCache keeps them zero)."""
     B, H, D = q.shape
     K = k_cache.shape[1]
     # Slots past every row's length are never touched, so a mostly empty static cache costs nothing; slots
     # below every row's length are valid everywhere. Only the ragged band between holds garbage for some rows.
-    lo, hi = int(lengths.min()), int(lengths.max())
-    if lo < 1 or hi > k_cache.shape[2]:  # the range check, from the bounds this path needs anyway
-        raise ValueError(f"lengths must lie in [1, {k_cache.shape[2]}], got {lengths.tolist()}")
+    if bias is None:
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1 or hi > k_cache.shape[2]:  # the range check, from the bounds this path needs anyway
+            raise ValueError(f"lengths must lie in [1, {k_cache.shape[2]}], got {lengths.tolist()}")
+    else:
+        lo = hi = bias.shape[-1]
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     as_dt = lambda t: t if t.dtype == dt else t.to(dt)  # noqa: E731  (no op dispatched when it already is)
     k = as_dt(k_cache[:, :, :hi])  # (B, K, hi, D), a view when already dt
     v = as_dt(v_cache[:, :, :hi])
     qg = as_dt(q.reshape(B, K, H // K, D))  # (B, K, G, D): the G query heads that share kv head j
-    scores = torch.matmul(qg, k.transpose(-1, -2)) / math.sqrt(D)  # (B, K, G, hi), batched: no repeat of k
-    valid = torch.arange(hi, device=q.device) < lengths[:, None]  # (B, hi)
-    # `where`, not a multiply by the mask: garbage may be NaN, and NaN * 0 is NaN.
-    scores = torch.where(valid[:, None, None, :], scores, -math.inf)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).div_(math.sqrt(D))  # (B, K, G, hi), batched: no repeat of k
+    if bias is None:
+        valid = torch.arange(hi, device=q.device) < lengths[:, None]  # (B, hi)
+        # `where`, not a multiply by the mask: garbage may be NaN, and NaN * 0 is NaN.
+        scores = torch.where(valid[:, None, None, :], scores, -math.inf)
+    else:
+        scores += bias  # finite garbage + -inf = -inf
     p = torch.softmax(scores, dim=-1)  # (B, K, G, hi)
     # p is 0 on garbage slots, and 0 x garbage is 0 while the garbage is finite (the rollout engine's cache is
     # zeroed when made): one batched matmul. 0 x NaN or inf is NaN: then the band's garbage is zeroed (a copy
@@ -262,11 +278,12 @@ def decode_attention_triton(q, k_cache, v_cache, lengths, num_splits=None, block
 
 # ----------------------------------------------------------------------------- dispatch
 
-def decode_attention(q, k_cache, v_cache, lengths, impl="auto", num_splits=None):
+def decode_attention(q, k_cache, v_cache, lengths, impl="auto", num_splits=None, bias=None):
     """Attention of one query per row over its cache. q (B, H, D), k_cache/v_cache (B, K, S, D) with
     H a multiple of K, lengths (B,) ints in [1, S]. Returns (B, H, D) in q's dtype.
     impl: "auto" (Triton on CUDA or with NANOR1_TRITON=1), "triton" or "torch"; num_splits overrides the
-    Triton split count (tests, benchmarks)."""
+    Triton split count (tests, benchmarks); bias: the torch path's mask, made once per decode step
+    (decode_bias; see decode_attention_ref), which the Triton path does not need."""
     _check(q, k_cache, v_cache, lengths)
     if use_triton(q, impl):
         # Lengths in range: checked here when interpreted; on a GPU reading them would wait for the device, and
@@ -274,7 +291,7 @@ def decode_attention(q, k_cache, v_cache, lengths, impl="auto", num_splits=None)
         if not lengths.is_cuda and not bool(((lengths >= 1) & (lengths <= k_cache.shape[2])).all()):
             raise ValueError(f"lengths must lie in [1, {k_cache.shape[2]}], got {lengths.tolist()}")
         return decode_attention_triton(q, k_cache, v_cache, lengths, num_splits)
-    return decode_attention_ref(q, k_cache, v_cache, lengths)
+    return decode_attention_ref(q, k_cache, v_cache, lengths, bias)
 
 
 if __name__ == "__main__":

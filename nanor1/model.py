@@ -40,7 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from kernels.decode_attention import decode_attention
+from kernels import use_triton
+from kernels.decode_attention import decode_attention, decode_bias
 from kernels.logprob import linear_logprob
 from nanor1 import lora, weights
 from nanor1.config import ModelConfig
@@ -94,9 +95,10 @@ def apply_rope(x, cos, sin):
 
 class KVCache:
     """A static, preallocated cache: one (B, K, S, D) key and value buffer per layer, plus the number of
-    valid positions of each row. Slots at or past a row's length hold garbage: attention masks them with
-    `where`, never with a multiply (0 x NaN is NaN). The buffers are zeroed when made, so that garbage is
-    finite, old keys and values, and the CPU path can take the fast branch (kernels/decode_attention.py)."""
+    valid positions of each row. Slots at or past a row's length are kept zero: the buffers are zeroed when
+    made, a forward with padding clears the slots its padding wrote, and decoding writes each row at its
+    length. So the CPU decode path masks them by adding -inf once (0 x 0 is 0), not per layer with `where`
+    and a finiteness check (kernels/decode_attention.py). It also holds the rollout's fused q/k/v weights."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, dtype, device):
         shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
@@ -107,6 +109,13 @@ class KVCache:
         # Host-side bound on every row's length (each forward adds its T): the overflow check and the prefill's
         # key range read it instead of the device lengths, which on a GPU would wait for the queued work.
         self.filled = 0
+        self.qkv = {}  # layer -> (weight, bias): q, k and v projections as one matrix, made at the first decode
+
+    def clear_past_lengths(self):
+        """Zero every slot at or past its row's length (what the padding of a right-padded forward wrote)."""
+        past = torch.arange(self.max_len, device=self.k.device) >= self.lengths[:, None]  # (B, S)
+        self.k.masked_fill_(past[None, :, None, :, None], 0)
+        self.v.masked_fill_(past[None, :, None, :, None], 0)
 
     def select(self, rows):
         """Keep (and reorder / repeat) the given batch rows: compaction after sequences finish, and the
@@ -143,16 +152,17 @@ def to_device(array, device):
 def cached_attention(q, k_new, v_new, cache: KVCache, layer: int, slots):
     """Write this step's keys/values into the cache, then attend over the cache. q (B, H, T, D), k_new/v_new
     (B, K, T, D), slots = (rows (B, 1), pos (B, T) the cache slots written now, upto (B,) each row's length
-    after), made once per forward (Transformer.forward) and read by every layer."""
+    after, bias: decoding's mask on the CPU or None), made once per forward (Transformer.forward) and read by
+    every layer."""
     B, H, T, D = q.shape
     k_cache, v_cache = cache.k[layer], cache.v[layer]  # (B, K, S, D) views into the big buffer
-    rows, pos, upto = slots
+    rows, pos, upto, bias = slots
     # Advanced indexing puts the (B, T) index dims first: (B, T, K, D). ~50x faster than scatter_ on CPU.
     # (.to: under autocast rope's fp32 angles promote k to fp32; the cache holds the compute dtype.)
     k_cache[rows, :, pos] = cast(k_new.transpose(1, 2), k_cache.dtype)
     v_cache[rows, :, pos] = cast(v_new.transpose(1, 2), v_cache.dtype)
     if T == 1:  # decoding: one query per row over its cache (the Triton decode kernel on CUDA)
-        return decode_attention(q[:, :, 0], k_cache, v_cache, upto)[:, :, None]  # (B, H, 1, D)
+        return decode_attention(q[:, :, 0], k_cache, v_cache, upto, bias=bias)[:, :, None]  # (B, H, 1, D)
     # Prefill: attend causally over slots [0, start + t]. Slots beyond are garbage for this query.
     S = cache.filled + T  # >= every row's start + T, known on the host
     keys = torch.arange(S, device=q.device)
@@ -256,11 +266,28 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
 
+    def project(self, x, cache=None):
+        """q, k, v (B, T, H*D | K*D). A decode step takes them from one matrix of the three, made once per
+        rollout and kept in the cache: one matmul a layer instead of three (on a small model each op's fixed
+        cost is what a decode step pays). Not under LoRA, whose rollouts run the adapters live (lora.py)."""
+        if cache is None or x.shape[1] != 1 or any(type(m) is not nn.Linear for m in (self.q_proj, self.k_proj,
+                                                                                      self.v_proj)):
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.layer not in cache.qkv:
+            dtype = compute_dtype(self.q_proj.weight)  # the dtype F.linear would cast the weights to
+            ms = (self.q_proj, self.k_proj, self.v_proj)
+            cache.qkv[self.layer] = (torch.cat([m.weight.detach() for m in ms]).to(dtype),
+                                     None if self.q_proj.bias is None else
+                                     torch.cat([m.bias.detach() for m in ms]).to(dtype))
+        H, K, D = self.n_head, self.n_kv, self.head_dim
+        return F.linear(x, *cache.qkv[self.layer]).split([H * D, K * D, K * D], -1)
+
     def forward(self, x, cos, sin, attn_mask=None, kv_cache=None, slots=None, shared=None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, D)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)  # (B, T, K, D)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
+        q, k, v = self.project(x, kv_cache)
+        q = q.reshape(B, T, self.n_head, self.head_dim)  # (B, T, H, D)
+        k = k.reshape(B, T, self.n_kv, self.head_dim)  # (B, T, K, D)
+        v = v.reshape(B, T, self.n_kv, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|K, T, D)
@@ -368,7 +395,10 @@ class Transformer(nn.Module):
             if kv_cache.filled + T > kv_cache.max_len:
                 raise ValueError(f"KV cache overflow: {kv_cache.filled} + {T} tokens > {kv_cache.max_len} slots")
             pos = start[:, None] + torch.arange(T, device=input_ids.device)  # (B, T) the slots written now
-            slots = (torch.arange(B, device=input_ids.device)[:, None], pos, pos[:, -1] + 1)  # cached_attention's
+            upto = pos[:, -1] + 1  # (B,) each row's length after
+            # Decoding on the CPU masks the slots past each length with one bias for all layers (decode_bias).
+            bias = decode_bias(upto, kv_cache.filled + 1) if T == 1 and not use_triton(input_ids, "auto") else None
+            slots = (torch.arange(B, device=input_ids.device)[:, None], pos, upto, bias)  # cached_attention's
             position_ids = pos if position_ids is None else position_ids
             attn_mask = None
         else:
@@ -398,10 +428,14 @@ class Transformer(nn.Module):
         x = self.model.norm(x)  # (B, T, C)
 
         if kv_cache is not None:
-            n_new = attention_mask.long().sum(-1) if attention_mask is not None else torch.full_like(start, T)
-            kv_cache.lengths, kv_cache.filled = start + n_new, kv_cache.filled + T
-            last = x[torch.arange(B, device=x.device), n_new - 1]  # (B, C) each row's last new token
-            return self.lm_head(last)  # (B, V)
+            kv_cache.filled += T
+            if attention_mask is None:
+                kv_cache.lengths = upto
+                return self.lm_head(x[:, -1])  # (B, V)
+            n_new = attention_mask.long().sum(-1)  # right padding: row b's new tokens are its first n_new[b]
+            kv_cache.lengths = start + n_new
+            kv_cache.clear_past_lengths()  # what the padding wrote
+            return self.lm_head(x[torch.arange(B, device=x.device), n_new - 1])  # (B, V) each row's last new token
         if return_hidden:
             return x
         if targets is not None:

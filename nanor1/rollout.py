@@ -16,6 +16,9 @@ Randomness is drawn per (seed, sequence, position): the sampler's noise for toke
 by s * max_new_tokens + t, so batch composition and compaction never change what a sequence samples.
 Greedy decoding (temperature 0) does not depend on how prompts are batched.
 
+Ops per decode step, the CPU's cost on a small model: q, k and v come from one fused matrix per layer (made at
+the first step, kept in the cache), and the slots past each row's length are masked by one bias for all layers.
+
 Host work per step: one copy of the B new ids to the host (a GPU's only sync), array writes, and a decode of
 the tail only for rows whose new token may complete a stop string. Tokens and log-probs stay in device
 buffers until the end; index arrays go to the device only when compaction changes them, without waiting
@@ -141,10 +144,13 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
 
 
 def cache_bytes(cfg, rows, length, dtype):
-    """Bytes of the rollout's KV cache (keys and values of every layer, `rows` x `length` slots) plus its
-    per-row logits and token buffers: the memory a generate() call allocates up front."""
+    """Bytes of the rollout's KV cache (keys and values of every layer, `rows` x `length` slots), its fused
+    q/k/v weights (model.Attention.project) and its per-row logits and token buffers: the memory a generate()
+    call allocates."""
     kv = 2 * cfg.num_hidden_layers * rows * cfg.num_key_value_heads * length * cfg.head_dim
-    return kv * torch.finfo(dtype).bits // 8 + rows * (cfg.vocab_size * 4 + length * 12)
+    qkv = cfg.num_hidden_layers * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim * \
+        (cfg.hidden_size + 1)
+    return (kv + qkv) * torch.finfo(dtype).bits // 8 + rows * (cfg.vocab_size * 4 + length * 12)
 
 
 def available_bytes(device):

@@ -161,3 +161,20 @@ print("compiled")
 def test_compiles_for_h100():
     """The kernels compile for sm_90 (no GPU needed): catches what the interpreter lets through."""
     compile_for_h100(COMPILE_FOR_H100)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_path_with_a_decode_bias(dtype):
+    """The rollout engine's CPU path: one decode_bias per step, read by every layer, over a span past the longest
+    row, with zeros (not NaN) past each length as nanor1's KVCache keeps them."""
+    from kernels.decode_attention import decode_bias
+    B, H, K, S, D = 6, 4, 2, 40, 32
+    q, k, v, lengths = make(B, H, K, S, D, dtype)
+    k, v = torch.nan_to_num(k, nan=0.0), torch.nan_to_num(v, nan=0.0)
+    lengths = lengths.clamp(max=S - 3)
+    bias = decode_bias(lengths, S - 2)
+    assert bias.shape == (B, 1, 1, S - 2) and bias.dtype == torch.float32
+    assert torch.equal(torch.isinf(bias[:, 0, 0]), torch.arange(S - 2) >= lengths[:, None].cpu())
+    out = decode_attention(q, k, v, lengths, impl="torch", bias=bias)
+    check(out, oracle(q, k, v, lengths), dtype)
+    assert torch.allclose(out, decode_attention(q, k, v, lengths, impl="torch"), atol=1e-6)

@@ -149,6 +149,68 @@ def test_nan_in_unused_cache_slots_changes_nothing(tiny, monkeypatch):
     assert generate(model, prompts, max_new_tokens=10, temperature=0.8, n=4, seed=5, stop=eos).tokens == clean_eos
 
 
+def test_cache_slots_past_each_length_stay_zero(tiny, monkeypatch):
+    """The CPU decode path masks with one -inf bias and multiplies 0 x garbage: it relies on KVCache keeping
+    every slot past a row's length zero, through a padded prefill (even over a poisoned buffer), the fan-out,
+    decoding and compaction."""
+    import nanor1.rollout as ro
+    model, _ = tiny
+    init, seen = KVCache.__init__, []
+
+    def poisoned(self, *a, **kw):
+        init(self, *a, **kw)
+        self.k.fill_(float("nan"))
+        self.v.fill_(float("nan"))
+        seen.append(self)
+
+    def check(cache):
+        past = torch.arange(cache.max_len) >= cache.lengths[:, None]  # (B, S)
+        for buf in (cache.k, cache.v):  # (L, B, K, S, D)
+            tail = buf.permute(1, 3, 0, 2, 4)[past]  # (slots past a length, L, K, D)
+            assert torch.equal(tail, torch.zeros_like(tail)) and torch.isfinite(buf).all()
+
+    real_step = ro.decode_step
+
+    def checked_step(model, cache, tokens):
+        check(cache)
+        return real_step(model, cache, tokens)
+
+    monkeypatch.setattr(KVCache, "__init__", poisoned)
+    monkeypatch.setattr(ro, "decode_step", checked_step)
+    prompts = [torch.randint(0, V, (n,)).tolist() for n in (2, 9, 5)]
+    res = generate(model, prompts, max_new_tokens=8, temperature=0.9, n=3, seed=1, stop=Stop(eos=range(0, V, 6)))
+    assert len({len(t) for t in res.tokens}) > 2 and seen  # rows ended apart: compaction ran
+    check(seen[0])
+
+
+def test_fused_qkv_decoding_equals_the_three_projections(tiny, monkeypatch):
+    """A decode step's q, k, v from the cache's fused matrix are the three projections' numbers; LoRA layers
+    are never fused (their rollouts run the adapters live)."""
+    import nanor1.model as m
+    from nanor1 import lora
+    model, _ = tiny
+    prompts = [torch.randint(0, V, (n,)).tolist() for n in (4, 7)]
+    fused = generate(model, prompts, max_new_tokens=6, temperature=0.8, n=2, seed=3)
+    monkeypatch.setattr(m.Attention, "project", lambda self, x, cache=None: (self.q_proj(x), self.k_proj(x),
+                                                                             self.v_proj(x)))
+    plain = generate(model, prompts, max_new_tokens=6, temperature=0.8, n=2, seed=3)
+    monkeypatch.undo()
+    assert fused.tokens == plain.tokens
+    assert np.abs(np.concatenate(fused.logprobs) - np.concatenate(plain.logprobs)).max() < 1e-5
+    cache = KVCache(model.config, 2, 4, torch.float32, "cpu")
+    attn = model.model.layers[0].self_attn
+    x = torch.randn(2, 1, model.config.hidden_size)
+    for a, b in zip(attn.project(x, cache), (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert set(cache.qkv) == {0}
+    lm = Transformer(model.config).eval()
+    lm.load_state_dict(model.state_dict())
+    lora.apply_lora(lm, rank=2, targets="q_proj,k_proj,v_proj")
+    cache = KVCache(model.config, 2, 4, torch.float32, "cpu")
+    lm.model.layers[0].self_attn.project(x, cache)
+    assert cache.qkv == {}
+
+
 def test_cache_compaction_in_place_equals_select(tiny):
     """compact() moves the fewest rows, reports their order, and equals select() in that order."""
     model, _ = tiny
@@ -228,7 +290,7 @@ def test_decode_attention_gets_the_compute_dtype_under_autocast(tiny, monkeypatc
     import nanor1.model as m
     model, _ = tiny
     seen, real = [], m.decode_attention
-    monkeypatch.setattr(m, "decode_attention", lambda q, k, v, n: seen.append((q.dtype, k.dtype)) or real(q, k, v, n))
+    monkeypatch.setattr(m, "decode_attention", lambda q, k, v, n, **kw: seen.append((q.dtype, k.dtype)) or real(q, k, v, n, **kw))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         generate(model, [[1, 2, 3]], max_new_tokens=3, temperature=0)
     assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
