@@ -111,6 +111,30 @@ class KVCache:
         self.filled = 0
         self.qkv = {}  # layer -> (weight, bias): q, k and v projections as one matrix, made at the first decode
 
+    def slots(self, T, device, bias):
+        """What a forward of T new tokens a row writes, made once and read by every layer (cached_attention):
+        (rows (B, 1), pos (B, T) the slots written, upto (B,) each row's length after, and for a decode step
+        with `bias`, the torch path's mask of the slots past each length (decode_bias), else None)."""
+        if self.filled + T > self.max_len:
+            raise ValueError(f"KV cache overflow: {self.filled} + {T} tokens > {self.max_len} slots")
+        pos = self.lengths[:, None] + torch.arange(T, device=device)  # (B, T)
+        upto = pos[:, -1] + 1
+        mask = decode_bias(upto, self.filled + 1) if T == 1 and bias else None
+        return torch.arange(len(pos), device=device)[:, None], pos, upto, mask
+
+    def advance(self, slots, attention_mask=None):
+        """After the forward that wrote `slots`: the new lengths. With right padding (attention_mask) a row's new
+        tokens are its first mask[b].sum(), the slots its padding wrote are cleared, and the column of each
+        row's last new token is returned; without, every token was new (returns None: the last column)."""
+        self.filled += slots[1].shape[1]
+        if attention_mask is None:
+            self.lengths = slots[2]
+            return None
+        n_new = attention_mask.long().sum(-1)
+        self.lengths = slots[1][:, 0] + n_new
+        self.clear_past_lengths()
+        return n_new - 1
+
     def clear_past_lengths(self):
         """Zero every slot at or past its row's length (what the padding of a right-padded forward wrote)."""
         past = torch.arange(self.max_len, device=self.k.device) >= self.lengths[:, None]  # (B, S)
@@ -381,7 +405,7 @@ class Transformer(nn.Module):
         (SharedPrefix); every scored col must lie in [lens[row], ends[row]).
         See the module docstring for what is returned."""
         B, T = input_ids.shape
-        start = slots = shared = None
+        slots = shared = None
         if shared_prefix is not None:  # the rows' common beginnings run once (SharedPrefix)
             if targets is None or positions is None or kv_cache is not None or attention_mask is not None \
                     or position_ids is not None:
@@ -391,15 +415,8 @@ class Transformer(nn.Module):
                 shared = SharedPrefix(*shared_prefix, input_ids.device)
                 input_ids, position_ids = shared.gather(input_ids), shared.position_ids  # (1, N) each
         if kv_cache is not None:
-            start = kv_cache.lengths  # (B,) first free slot of each row
-            if kv_cache.filled + T > kv_cache.max_len:
-                raise ValueError(f"KV cache overflow: {kv_cache.filled} + {T} tokens > {kv_cache.max_len} slots")
-            pos = start[:, None] + torch.arange(T, device=input_ids.device)  # (B, T) the slots written now
-            upto = pos[:, -1] + 1  # (B,) each row's length after
-            # Decoding on the CPU masks the slots past each length with one bias for all layers (decode_bias).
-            bias = decode_bias(upto, kv_cache.filled + 1) if T == 1 and not use_triton(input_ids, "auto") else None
-            slots = (torch.arange(B, device=input_ids.device)[:, None], pos, upto, bias)  # cached_attention's
-            position_ids = pos if position_ids is None else position_ids
+            slots = kv_cache.slots(T, input_ids.device, bias=not use_triton(input_ids, "auto"))
+            position_ids = slots[1] if position_ids is None else position_ids
             attn_mask = None
         else:
             if position_ids is None:
@@ -428,14 +445,8 @@ class Transformer(nn.Module):
         x = self.model.norm(x)  # (B, T, C)
 
         if kv_cache is not None:
-            kv_cache.filled += T
-            if attention_mask is None:
-                kv_cache.lengths = upto
-                return self.lm_head(x[:, -1])  # (B, V)
-            n_new = attention_mask.long().sum(-1)  # right padding: row b's new tokens are its first n_new[b]
-            kv_cache.lengths = start + n_new
-            kv_cache.clear_past_lengths()  # what the padding wrote
-            return self.lm_head(x[torch.arange(B, device=x.device), n_new - 1])  # (B, V) each row's last new token
+            last = kv_cache.advance(slots, attention_mask)  # (B,) column of each row's last new token, or None
+            return self.lm_head(x[:, -1] if last is None else x[torch.arange(B, device=x.device), last])  # (B, V)
         if return_hidden:
             return x
         if targets is not None:
