@@ -554,12 +554,15 @@ def _wait_for(proc, pattern, timeout=300):
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_run(tmp_path):
     """SIGKILL train.py four times at seeded random moments, resuming with --resume latest each time: after the
-    log line of one of the next two steps past the one resumed from, plus a random delay of up to 1.2 s (a step
-    takes about 0.6 s here), so kills land in rollouts, updates, evals and saves. The final metrics equal those of a run
-    never killed, and every checkpoint left is intact."""
+    log line of one of the next two steps past the one resumed from, plus a random delay of up to two steps' time
+    (as the uninterrupted run measured it: a faster step must not let the run finish between kills), so kills land
+    in rollouts, updates, evals and saves. The final metrics equal those of a run never killed, and every checkpoint
+    left is intact."""
     rng = random.Random(26)
     full = tmp_path / "full"
     assert _start(full).wait(timeout=600) == 0
+    rows = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines() if "rollout_s" in x]
+    step_s = sum(r["rollout_s"] + r["train_s"] for r in rows) / len(rows)
     out, kills = tmp_path / "killed", []
     for attempt in range(4):
         proc = _start(out, *(["--resume", "latest"] if attempt else []))
@@ -569,7 +572,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_run(tmp_p
         if start == STEPS:
             proc.wait(timeout=60)
             break
-        step, delay = rng.randint(start + 1, min(start + 2, STEPS)), rng.uniform(0.0, 1.2)
+        step, delay = rng.randint(start + 1, min(start + 2, STEPS)), rng.uniform(0.0, 2.0) * step_s
         if _wait_for(proc, rf"^step +{step} \|"):
             time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
