@@ -370,10 +370,9 @@ class PolicyLearner:
                                        positions=mb.positions(), shared_prefix=mb.shared_prefix())
         old = mb.old_logp if mb.old_logp is not None else logp.detach()
         sums = policy_stats(logp, entropy, mb) if mb.old_logp is None else {}  # this forward is the sampler's
-        kl_in_loss = cfg.beta > 0 and not (cfg.kl_in_reward or cfg.algo == "reinforce_pp")
         loss, st = policy_loss(
             logp, old, mb.advantages, mb.mask, cfg.loss_type, cfg.clip_low, cfg.clip_high, mb.ref_logp,
-            cfg.beta if kl_in_loss else 0.0, max_len=budget, normalizer=norms[cfg.loss_type == "dapo"],
+            cfg.beta if kl_in_loss(cfg) else 0.0, max_len=budget, normalizer=norms[cfg.loss_type == "dapo"],
             entropy=entropy if cfg.entropy_coef else None, entropy_coef=cfg.entropy_coef,
             clip_ratio_c=cfg.clip_ratio_c or None, ratio_level=cfg.ratio_level, kl_estimator=cfg.kl_estimator,
             sampler_logp=mb.sampler_logp if cfg.tis_cap else None, tis_cap=cfg.tis_cap or None)
@@ -383,6 +382,24 @@ class PolicyLearner:
 
     def step(self, lr):
         return optimiser_step(self.model, self.opt, lr, self.run.cfg.grad_clip)
+
+
+def kl_in_loss(cfg):
+    """Whether the policy loss carries beta x KL (else it is off, or in the reward / the advantages)."""
+    return cfg.beta > 0 and not (cfg.kl_in_reward or cfg.algo == "reinforce_pp")
+
+
+def zero_gradient_rows(run: Run, batch: Batch, learners):
+    """The rows whose gradient is exactly zero: every advantage 0 (a GRPO group whose rewards all agree: a fifth
+    of the demo's rows) and no other term in the loss (no KL in it, no entropy bonus). The update runs them
+    forward only, for the statistics; their backward, two thirds of their cost, would add zeros. One process
+    only: ranks must run the same collectives in the same order, forward and backward alike. Host set; reading
+    the advantages is one device-to-host copy per update."""
+    cfg = run.cfg
+    if run.d.enabled or batch.advantages is None or cfg.entropy_coef or kl_in_loss(cfg) or \
+            not all(isinstance(learner, PolicyLearner) for learner in learners):
+        return set()
+    return set(torch.nonzero(~batch.advantages.ne(0).any(1)).flatten().tolist())
 
 
 # policy_loss statistics that are means over a micro-batch's loss tokens: summed token-weighted over the step
@@ -414,16 +431,23 @@ def update(run: Run, batch: Batch, learners, opt_step: int, lr_at, sums, budget=
         return opt_step
     k = n_mini(cfg, len(batch), d.world_size)
     minis = [list(range(i, len(batch), k)) for i in range(k)]  # strided: each mini-batch takes whole groups' worth
-    norms = normalisers(run, batch, minis)
+    norms = normalisers(run, batch, minis)  # over every row: leaving zero-gradient rows out changes no share
+    zero = zero_gradient_rows(run, batch, learners)
     for _ in range(cfg.mu):
         for mini, norm in zip(minis, norms):
-            for idx in micro_batches(batch, mini, cfg, d):
+            # A mini-batch of zero gradients still steps (AdamW's momentum moves the weights): then all run backward.
+            grad = [r for r in mini if r not in zero] or mini
+            plan = [(idx, True) for idx in micro_batches(batch, grad, cfg, d)] + \
+                [(idx, False) for idx in micro_batches(batch, [r for r in mini if r not in set(grad)], cfg)]
+            for idx, backward in plan:
                 mb = batch.select(idx)
-                for learner in learners:
-                    loss, stats, maxes = learner.loss(mb, norm, budget or cfg.max_completion_len)
-                    (loss * d.world_size).backward()  # undoes FSDP's mean over ranks (module docstring)
-                    sums.add(**stats)
-                    sums.max(**maxes)
+                with torch.set_grad_enabled(backward):
+                    for learner in learners:
+                        loss, stats, maxes = learner.loss(mb, norm, budget or cfg.max_completion_len)
+                        if backward:
+                            (loss * d.world_size).backward()  # undoes FSDP's mean over ranks (module docstring)
+                        sums.add(**stats)
+                        sums.max(**maxes)
             for learner in learners:
                 gnorm, ok = learner.step(lr_at(opt_step))
                 p = learner.prefix
