@@ -21,6 +21,10 @@ FSDP averages gradients over ranks, but that denominator already spans them, so 
 multiplied by the world size W first:
 
     grad = sum_r grad(W * loss_r) / W = grad(sum_r loss_r)     loss_r = rank r's sum / global normaliser
+
+Rows whose gradient is exactly zero (every advantage 0, as in a GRPO group whose rewards all agree, and no KL or
+entropy term in the loss) run forward only, for the statistics: the normalisers already count them, so the
+update is the same, without their backward (`zero_gradient_rows`; one process only).
 """
 import math
 from dataclasses import dataclass, field, replace
