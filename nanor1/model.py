@@ -293,8 +293,9 @@ class Attention(nn.Module):
     def project(self, x, cache=None):
         """q, k, v (B, T, H*D | K*D). A decode step takes them from one matrix of the three, made once per
         rollout and kept in the cache: one matmul a layer instead of three (on a small model each op's fixed
-        cost is what a decode step pays). Not under LoRA, whose rollouts run the adapters live (lora.py)."""
-        if cache is None or x.shape[1] != 1 or any(type(m) is not nn.Linear for m in (self.q_proj, self.k_proj,
+        cost is what a decode step pays). Not under LoRA, whose rollouts run the adapters live (lora.py), nor with
+        gradients on (the copy is detached). A cache serves one set of weights: generate() makes one per call."""
+        if cache is None or x.shape[1] != 1 or torch.is_grad_enabled() or any(type(m) is not nn.Linear for m in (self.q_proj, self.k_proj,
                                                                                       self.v_proj)):
             return self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.layer not in cache.qkv:

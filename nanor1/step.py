@@ -128,6 +128,7 @@ class Batch:
     loss_tokens: torch.Tensor  # (B,) host: tokens of each row in the loss (0 for a masked row)
     rewards: torch.Tensor  # (B,) host
     prompt_keys: Optional[torch.Tensor] = None  # (B,) host: equal for rows of the same prompt (None: all differ)
+    no_signal: Optional[torch.Tensor] = None  # (B,) host bool: every advantage exactly 0 (grpo, rloo; None: unknown)
     advantages: Optional[torch.Tensor] = None  # (B, T) per token, 0 off the mask
     old_logp: Optional[torch.Tensor] = None  # (B, T) the policy before this step's updates (None: = logp)
     ref_logp: Optional[torch.Tensor] = None  # (B, T) the frozen reference (KL term)
@@ -162,6 +163,7 @@ class Batch:
                        mask=cut(self.mask), sampler_logp=cut(self.sampler_logp), prompt_lens=self.prompt_lens[host],
                        lengths=self.lengths[host], loss_tokens=self.loss_tokens[host], rewards=self.rewards[host],
                        prompt_keys=None if self.prompt_keys is None else self.prompt_keys[host],
+                       no_signal=None if self.no_signal is None else self.no_signal[host],
                        advantages=cut(self.advantages), old_logp=cut(self.old_logp), ref_logp=cut(self.ref_logp),
                        extra={k: cut(v) for k, v in self.extra.items()})
 
@@ -211,6 +213,9 @@ def score(run: Run, groups, policy, ref, critic=None, budget=None):
     if kl is not None:  # the KL the reward pays, per token of the sampling policy (the log's `kl`)
         sums.add(reward_kl=kl.sum(), reward_kl_tokens=batch.mask.sum())
     batch.advantages = advantages(run, batch, rewards.to(batch.mask.device), kl, critic, sums)
+    if kl is None and cfg.algo in ("grpo", "rloo"):  # a group whose rewards all agree gets exactly 0 (grpo.py)
+        r = rewards.view(-1, cfg.group_size)
+        batch.no_signal = (r == r[:, :1]).all(1).repeat_interleave(cfg.group_size) | (batch.loss_tokens == 0)
     return batch, sums
 
 
@@ -395,15 +400,17 @@ def kl_in_loss(cfg):
 
 def zero_gradient_rows(run: Run, batch: Batch, learners):
     """The rows whose gradient is exactly zero: every advantage 0 (a GRPO group whose rewards all agree: a fifth
-    of the demo's rows) and no other term in the loss (no KL in it, no entropy bonus). The update runs them
-    forward only, for the statistics; their backward, two thirds of their cost, would add zeros. One process
-    only: ranks must run the same collectives in the same order, forward and backward alike. Host set; reading
-    the advantages is one device-to-host copy per update."""
+    of the demo's rows; `no_signal`, known on the host, so no wait for a GPU) and no other term in the loss (no
+    KL in it, no entropy bonus). The update runs them forward only, for the statistics; their backward, two
+    thirds of their cost, would add zeros. Not with LoRA dropout (it acts only when a gradient is computed, so
+    the statistics would change), and in one process only: ranks must run the same collectives in the same
+    order, forward and backward alike. One difference: a non-finite value in such a row's forward no longer
+    makes the step's gradient NaN (which skips the step); it reaches only the statistics."""
     cfg = run.cfg
-    if run.d.enabled or batch.advantages is None or cfg.entropy_coef or kl_in_loss(cfg) or \
+    if run.d.enabled or batch.no_signal is None or cfg.entropy_coef or kl_in_loss(cfg) or cfg.lora_dropout or \
             not all(isinstance(learner, PolicyLearner) for learner in learners):
         return set()
-    return set(torch.nonzero(~batch.advantages.ne(0).any(1)).flatten().tolist())
+    return set(torch.nonzero(batch.no_signal).flatten().tolist())
 
 
 # policy_loss statistics that are means over a micro-batch's loss tokens: summed token-weighted over the step
@@ -439,10 +446,11 @@ def update(run: Run, batch: Batch, learners, opt_step: int, lr_at, sums, budget=
     zero = zero_gradient_rows(run, batch, learners)
     for _ in range(cfg.mu):
         for mini, norm in zip(minis, norms):
-            # A mini-batch of zero gradients still steps (AdamW's momentum moves the weights): then all run backward.
-            grad = [r for r in mini if r not in zero] or mini
-            plan = [(idx, True) for idx in micro_batches(batch, grad, cfg, d)] + \
-                [(idx, False) for idx in micro_batches(batch, [r for r in mini if r not in set(grad)], cfg)]
+            keep, skip = [r for r in mini if r not in zero], [r for r in mini if r in zero]
+            if not keep:  # a mini-batch of zero gradients still steps (momentum moves the weights): all backward
+                keep, skip = mini, []
+            plan = [(idx, True) for idx in micro_batches(batch, keep, cfg, d)] + \
+                [(idx, False) for idx in micro_batches(batch, skip, cfg)]
             for idx, backward in plan:
                 mb = batch.select(idx)
                 with torch.set_grad_enabled(backward):

@@ -200,14 +200,18 @@ def test_fused_qkv_decoding_equals_the_three_projections(tiny, monkeypatch):
     cache = KVCache(model.config, 2, 4, torch.float32, "cpu")
     attn = model.model.layers[0].self_attn
     x = torch.randn(2, 1, model.config.hidden_size)
-    for a, b in zip(attn.project(x, cache), (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))):
-        assert torch.allclose(a, b, atol=1e-6)
+    attn.project(x, cache)  # with gradients on: the projections themselves (the fused copy is detached)
+    assert cache.qkv == {}
+    with torch.no_grad():
+        for a, b in zip(attn.project(x, cache), (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))):
+            assert torch.allclose(a, b, atol=1e-6)
     assert set(cache.qkv) == {0}
     lm = Transformer(model.config).eval()
     lm.load_state_dict(model.state_dict())
     lora.apply_lora(lm, rank=2, targets="q_proj,k_proj,v_proj")
     cache = KVCache(model.config, 2, 4, torch.float32, "cpu")
-    lm.model.layers[0].self_attn.project(x, cache)
+    with torch.no_grad():
+        lm.model.layers[0].self_attn.project(x, cache)
     assert cache.qkv == {}
 
 

@@ -449,14 +449,14 @@ def test_update_waits_for_the_gpu_once_per_optimiser_step(folder):
     assert steps == 4 and len(ours) == steps, (ours, backward)
 
 
-def two_updates(folder, skip):
+def two_updates(folder, skip, **kw):
     """Two updates from the same start: a batch where half the groups have equal rewards, then one
     where every group has (each mini-batch all zero-gradient rows). Returns the weights, both steps' statistics,
     and whether each micro-batch's forward recorded a graph."""
     torch.manual_seed(0)
     model = Transformer.from_pretrained(folder, dtype=torch.float32)
-    cfg = TrainConfig(prompts_per_step=4, group_size=4, max_completion_len=8, mini_batch_size=8, lr=0.5,
-                      grad_clip=0.0)
+    cfg = TrainConfig(**{**dict(prompts_per_step=4, group_size=4, max_completion_len=8, mini_batch_size=8, lr=0.5,
+                                grad_clip=0.0), **kw})
     run = make_run(cfg, rows(4))
     # SGD with momentum, not AdamW: Adam's m / sqrt(v) turns a gradient's last-bit noise into a full-size step on
     # a weight whose gradient is ~0, which would hide the comparison; the momentum still moves the weights on
@@ -464,9 +464,10 @@ def two_updates(folder, skip):
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
     learner, graphs = rl.PolicyLearner(model, opt, run), []
     real = learner.loss
-    learner.loss = lambda *a: graphs.append(torch.is_grad_enabled()) or real(*a)
+    learner.loss = lambda *a: graphs[-1].append(torch.is_grad_enabled()) or real(*a)
     stats, opt_step = [], 0
     for reward in (lambda i, j: float(j % 2) if i % 2 else 1.0, lambda i, j: float(i % 2)):
+        graphs.append([])
         batch, sums = rl.score(run, flat_groups(4, reward=reward), model, None)
         opt_step = (rl.update if skip else update_backpropagating_all)(run, batch, [learner], opt_step,
                                                                          lambda s: cfg.lr, sums)
@@ -483,16 +484,20 @@ def update_backpropagating_all(*a, **k):
         rl.zero_gradient_rows = real
 
 
-def test_zero_gradient_rows_run_forward_only_and_change_nothing(folder):
+@pytest.mark.parametrize("kw", [dict(), dict(loss_type="dapo"), dict(loss_type="dr_grpo", algo="rloo"),
+                                dict(mu=2, tis_cap=2.0, clip_ratio_c=3.0)])
+def test_zero_gradient_rows_run_forward_only_and_change_nothing(folder, kw):
     """Rows whose every advantage is 0 skip their backward (a fifth of the demo's rows): the weights and every
     statistic equal those of the update that backpropagates them, also when a whole mini-batch is such rows
     (an optimiser's momentum still moves the weights on zero gradients, so that mini-batch runs backward)."""
     base = torch.cat([p.detach().flatten() for p in Transformer.from_pretrained(folder, torch.float32).parameters()])
-    skipped, s_stats, s_graphs = two_updates(folder, skip=True)
-    full, f_stats, f_graphs = two_updates(folder, skip=False)
+    skipped, s_stats, s_graphs = two_updates(folder, skip=True, **kw)
+    full, f_stats, f_graphs = two_updates(folder, skip=False, **kw)
     # Two mini-batches a step. First step: each has rows with a gradient and rows without (run forward only);
     # second step: nothing but zero advantages, so each mini-batch runs backward whole.
-    assert s_graphs == [True, False, True, False, True, True] and f_graphs == [True] * 4
+    passes = kw.get("mu", 1)
+    assert s_graphs == [[True, False] * 2 * passes, [True] * 2 * passes]
+    assert f_graphs == [[True] * 2 * passes] * 2
     assert (full - base).abs().max() > 1e-3
     torch.testing.assert_close(skipped, full, rtol=1e-5, atol=1e-6)
     for a, b in zip(s_stats, f_stats):
