@@ -29,6 +29,7 @@ from nanor1.checkpoint import make_run_folder, resume_run, save_checkpoint
 from nanor1.config import parse_args, save as save_config
 from nanor1.data import PromptStream, encode_prompts, fit_prompts, prompt_budget
 from nanor1.evaluate import evaluate
+from nanor1.grpo import flat_groups
 from nanor1.model import load_model_and_tokenizer
 from nanor1.ppo import CriticLearner, load_critic
 from nanor1.precision import choose as choose_precision
@@ -332,7 +333,7 @@ def step_metrics(run, sums, groups, generated, seen, step):
     if run.cfg.group_size > 1:  # the task rewards of every group generated, dropped ones included (DAPO's view)
         r = torch.tensor([s.reward for s in generated], dtype=torch.float64).view(-1, run.cfg.group_size)  # (P, G)
         sums.add(generated_groups=len(r), reward_std=r.std(1).sum() if len(r) else 0.0,
-                 zero_adv_groups=(r == r[:, :1]).all(1).sum())
+                 zero_adv_groups=flat_groups(r).sum())
     # counts of reflecting completions (nanor1/reflection.py); counts add over ranks, the rates come after
     markers = getattr(task, "reflection_markers", REFLECTION_MARKERS)  # a duck-typed task need not name any
     sums.add(**reflection_counts([s.text for s in generated], correct, markers))

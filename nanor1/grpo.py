@@ -91,6 +91,12 @@ KL_ESTIMATORS = ("k1", "k2", "k3", "low_var_kl")
 LOG_RATIO_BOUND = 20.0  # veRL's clamp on every log-ratio: e^20 ~ 4.9e8 (e^89 overflows fp32)
 
 
+def flat_groups(r):
+    """(P, G) rewards -> (P,) bool: the groups whose rewards all agree. They carry no signal, and the advantage
+    functions give them exactly 0 rather than what the rounding of a mean or a sum would invent."""
+    return (r == r[:, :1]).all(1)
+
+
 def group_advantages(rewards, group_size: int, scale="group", all_reduce=None, return_stats=False):
     """rewards (P*G,) prompt-major -> advantages (P*G,), and with return_stats also the group statistics
     {reward_std: mean over groups of each group's std, zero_adv_frac: share of groups whose rewards are all
@@ -108,7 +114,7 @@ def group_advantages(rewards, group_size: int, scale="group", all_reduce=None, r
     r = rewards.float().view(-1, group_size)  # (P, G)
     adv = r - r.mean(1, keepdim=True)
     group_std = r.std(1, keepdim=True) if len(r) else r[:, :1]  # (P, 1) unbiased (G - 1); P = 0: torch warns
-    flat = (r == r[:, :1]).all(1, keepdim=True)  # no signal: the mean's rounding must not invent one
+    flat = flat_groups(r)[:, None]  # (P, 1)
     if scale == "group":
         adv = adv / (group_std + 1e-6)
     if scale == "batch" or return_stats:
@@ -278,8 +284,7 @@ def rloo_advantages(rewards, group_size: int):
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     r = rewards.float().view(-1, group_size)  # (P, G)
     others = (r.sum(1, keepdim=True) - r) / (group_size - 1)  # (P, G) mean of the other G - 1
-    flat = (r == r[:, :1]).all(1, keepdim=True)  # no signal: rounding in the sums must not invent one
-    return torch.where(flat, 0.0, r - others).view(-1)
+    return torch.where(flat_groups(r)[:, None], 0.0, r - others).view(-1)
 
 
 def token_rewards(rewards, mask, kl=None, beta=0.0):

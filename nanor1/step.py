@@ -34,8 +34,8 @@ import torch
 
 from nanor1 import distributed
 from nanor1.data import deal, mix_seed
-from nanor1.grpo import (LOG_RATIO_BOUND, group_advantages, overlong_penalty, policy_loss, reinforce_pp_advantages,
-                         rloo_advantages, token_rewards)
+from nanor1.grpo import (LOG_RATIO_BOUND, flat_groups, group_advantages, overlong_penalty, policy_loss,
+                         reinforce_pp_advantages, rloo_advantages, token_rewards)
 from nanor1.rollout import generate
 
 
@@ -214,8 +214,8 @@ def score(run: Run, groups, policy, ref, critic=None, budget=None):
         sums.add(reward_kl=kl.sum(), reward_kl_tokens=batch.mask.sum())
     batch.advantages = advantages(run, batch, rewards.to(batch.mask.device), kl, critic, sums)
     if kl is None and cfg.algo in ("grpo", "rloo"):  # a group whose rewards all agree gets exactly 0 (grpo.py)
-        r = rewards.view(-1, cfg.group_size)
-        batch.no_signal = (r == r[:, :1]).all(1).repeat_interleave(cfg.group_size) | (batch.loss_tokens == 0)
+        flat = flat_groups(rewards.float().view(-1, cfg.group_size))  # the advantage functions' own test
+        batch.no_signal = flat.repeat_interleave(cfg.group_size) | (batch.loss_tokens == 0)
     return batch, sums
 
 
