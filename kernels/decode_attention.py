@@ -60,7 +60,7 @@ def decode_attention_ref(q, k_cache, v_cache, lengths, bias=None):
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 1 or hi > k_cache.shape[2]:  # the range check, from the bounds this path needs anyway
             raise ValueError(f"lengths must lie in [1, {k_cache.shape[2]}], got {lengths.tolist()}")
-    else:
+    else:  # the span the bias covers; lo = hi: no ragged band to re-check below (the caller vouches)
         lo = hi = bias.shape[-1]
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     as_dt = lambda t: t if t.dtype == dt else t.to(dt)  # noqa: E731  (no op dispatched when it already is)

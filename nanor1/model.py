@@ -295,12 +295,11 @@ class Attention(nn.Module):
         rollout and kept in the cache: one matmul a layer instead of three (on a small model each op's fixed
         cost is what a decode step pays). Not under LoRA, whose rollouts run the adapters live (lora.py), nor with
         gradients on (the copy is detached). A cache serves one set of weights: generate() makes one per call."""
-        if cache is None or x.shape[1] != 1 or torch.is_grad_enabled() or any(type(m) is not nn.Linear for m in (self.q_proj, self.k_proj,
-                                                                                      self.v_proj)):
+        ms = (self.q_proj, self.k_proj, self.v_proj)  # (apply_lora swaps in LoRALinear after construction)
+        if cache is None or x.shape[1] != 1 or torch.is_grad_enabled() or any(type(m) is not nn.Linear for m in ms):
             return self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.layer not in cache.qkv:
             dtype = compute_dtype(self.q_proj.weight)  # the dtype F.linear would cast the weights to
-            ms = (self.q_proj, self.k_proj, self.v_proj)
             cache.qkv[self.layer] = (torch.cat([m.weight.detach() for m in ms]).to(dtype),
                                      None if self.q_proj.bias is None else
                                      torch.cat([m.bias.detach() for m in ms]).to(dtype))
